@@ -1,1 +1,17 @@
+//! `kvbridge-render`: the sans-IO core shared by every delivery path.
+//!
+//! Flow for a caller (CLI `mount`, CSI provider, FlexVolume driver):
+//!
+//! 1. [`manifest::parse_class`] (a YAML file) or [`params::Parameters::parse`] (a parameters map,
+//!    e.g. the CSI attributes) gives [`params::Parameters`] with the validated
+//!    [`params::ObjectSpec`] list.
+//! 2. [`render::plan`] says per object what to ask Key Vault: a single fetch, or (version
+//!    history) a version listing followed by [`render::history_fetches`].
+//! 3. The caller fetches (concurrently) into a [`render::VaultData`].
+//! 4. [`render::render`] turns specs + vault data into [`writer::OutFile`]s and
+//!    [`render::ObjectVersion`]s, byte-compatible with the Azure provider.
+//! 5. [`writer::AtomicWriter::write`] publishes the files atomically (kubelet style).
 
+pub mod manifest;
+pub mod params;
+pub mod writer;

@@ -1,0 +1,1038 @@
+//! Parsing of the Azure provider's `SecretProviderClass.spec.parameters`.
+//!
+//! Semantics follow the Azure provider for the Secrets Store CSI Driver:
+//! - every value (and every string field of an object) is whitespace-trimmed;
+//! - booleans parse like Go's `strconv.ParseBool`, an empty value is `false`;
+//! - `tenantID` wins over the deprecated `tenantId`;
+//! - `objectType` is matched exactly (`secret`, `key`, `cert`), as the provider's `switch` does:
+//!   `Secret` is rejected with an error naming the field rather than silently accepted;
+//! - `objectFormat` and `objectEncoding` are case-insensitive (the provider uses `EqualFold`);
+//!   unlike the provider, `PFX` (any case) on a key/cert is rejected too;
+//! - file names: relative, never containing `..` anywhere (the provider's fallback check), so
+//!   they also cannot clash with the writer's `..data` / `..<timestamp>` entries.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde_yaml_ng::Value;
+
+/// Default file mode of a mount when the caller has none (the driver sends 0644).
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+
+/// Errors from parameter parsing. Every variant names the parameter or the object and field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParamError {
+    #[error("parameter {field} is not set")]
+    Missing { field: &'static str },
+    #[error("parameter {field}: invalid value {value:?}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("two identity modes set: {first} and {second}; set at most one of usePodIdentity, useVMManagedIdentity, clientID")]
+    TwoIdentityModes {
+        first: &'static str,
+        second: &'static str,
+    },
+    #[error("parameter objects: {reason}")]
+    Objects { reason: String },
+    #[error("objects[{index}] ({name:?}): field {field}: {reason}")]
+    Object {
+        index: usize,
+        name: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("objects[{index}] ({name:?}) and objects[{other_index}] ({other_name:?}) map to the same file name {path:?}")]
+    DuplicateFile {
+        index: usize,
+        name: String,
+        other_index: usize,
+        other_name: String,
+        path: String,
+    },
+}
+
+/// Azure cloud selected by `cloudName`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cloud {
+    AzurePublicCloud,
+    AzureUSGovernmentCloud,
+    AzureChinaCloud,
+    /// Custom cloud described by the JSON file in `cloudEnvFileName`.
+    AzureStackCloud,
+}
+
+impl Cloud {
+    /// Parse a `cloudName` value (case-insensitive; empty = public cloud).
+    pub fn parse(value: &str) -> Option<Cloud> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Some(Cloud::AzurePublicCloud);
+        }
+        [
+            Cloud::AzurePublicCloud,
+            Cloud::AzureUSGovernmentCloud,
+            Cloud::AzureChinaCloud,
+            Cloud::AzureStackCloud,
+        ]
+        .into_iter()
+        .find(|c| c.name().eq_ignore_ascii_case(v))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::AzurePublicCloud => "AzurePublicCloud",
+            Cloud::AzureUSGovernmentCloud => "AzureUSGovernmentCloud",
+            Cloud::AzureChinaCloud => "AzureChinaCloud",
+            Cloud::AzureStackCloud => "AzureStackCloud",
+        }
+    }
+
+    /// Key Vault DNS suffix (`<vault>.<suffix>`); `None` for AzureStackCloud (from the env file).
+    pub fn keyvault_dns_suffix(self) -> Option<&'static str> {
+        match self {
+            Cloud::AzurePublicCloud => Some("vault.azure.net"),
+            Cloud::AzureUSGovernmentCloud => Some("vault.usgovcloudapi.net"),
+            Cloud::AzureChinaCloud => Some("vault.azure.cn"),
+            Cloud::AzureStackCloud => None,
+        }
+    }
+
+    /// Entra ID authority host; `None` for AzureStackCloud.
+    pub fn authority_host(self) -> Option<&'static str> {
+        match self {
+            Cloud::AzurePublicCloud => Some("https://login.microsoftonline.com/"),
+            Cloud::AzureUSGovernmentCloud => Some("https://login.microsoftonline.us/"),
+            Cloud::AzureChinaCloud => Some("https://login.chinacloudapi.cn/"),
+            Cloud::AzureStackCloud => None,
+        }
+    }
+}
+
+/// How the provider authenticates to Key Vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// Service principal from the node-publish secret (`clientid`/`clientsecret`) or, for
+    /// local use, the usual Azure environment variables.
+    ServicePrincipal,
+    /// aad-pod-identity (deprecated upstream).
+    PodIdentity,
+    /// VM / VMSS managed identity; optional user-assigned identity client id.
+    VmManagedIdentity {
+        user_assigned_identity_id: Option<String>,
+    },
+    /// Workload identity: federated service account token for this client id.
+    WorkloadIdentity { client_id: String },
+}
+
+/// Object type (`objectType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectType {
+    Secret,
+    Key,
+    Cert,
+}
+
+impl ObjectType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectType::Secret => "secret",
+            ObjectType::Key => "key",
+            ObjectType::Cert => "cert",
+        }
+    }
+}
+
+impl fmt::Display for ObjectType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `objectFormat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectFormat {
+    Pem,
+    Pfx,
+}
+
+/// `objectEncoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectEncoding {
+    Utf8,
+    Base64,
+    Hex,
+}
+
+/// One validated entry of the `objects` array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSpec {
+    /// Position in the `objects` array (for error messages).
+    pub index: usize,
+    pub name: String,
+    pub object_type: ObjectType,
+    /// `None` = latest (`""` or `"latest"`).
+    pub version: Option<String>,
+    /// Number of versions to write; 1 means a single file without a `/<i>` suffix.
+    pub version_history: u32,
+    pub alias: Option<String>,
+    pub format: ObjectFormat,
+    pub encoding: ObjectEncoding,
+    /// Mode from `filePermission`; `None` = the mount's permission.
+    pub file_permission: Option<u32>,
+}
+
+impl ObjectSpec {
+    /// The file name (alias, else the object name). With history it is a directory.
+    pub fn file_name(&self) -> &str {
+        self.alias.as_deref().unwrap_or(&self.name)
+    }
+
+    /// True when more than one version is written (`<file>/<i>`).
+    pub fn is_history(&self) -> bool {
+        self.version_history > 1
+    }
+
+    /// File mode for this object given the mount's default.
+    pub fn mode(&self, default_mode: u32) -> u32 {
+        self.file_permission.unwrap_or(default_mode)
+    }
+}
+
+/// Parsed `spec.parameters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parameters {
+    pub keyvault_name: String,
+    /// `tenantID`, else the deprecated `tenantId`. The Azure provider requires it; local use may
+    /// fall back to `AZURE_TENANT_ID`, so it is optional here (see [`Parameters::require_tenant`]).
+    pub tenant_id: Option<String>,
+    pub cloud: Cloud,
+    pub cloud_env_file_name: Option<String>,
+    pub use_pod_identity: bool,
+    pub use_vm_managed_identity: bool,
+    pub user_assigned_identity_id: Option<String>,
+    pub client_id: Option<String>,
+    pub objects: Vec<ObjectSpec>,
+}
+
+fn get<'a>(map: &'a BTreeMap<String, String>, key: &str) -> &'a str {
+    map.get(key).map(|s| s.trim()).unwrap_or("")
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    if s.is_empty() {
+        None
+    } else {
+        Some(s.to_string())
+    }
+}
+
+/// Go's `strconv.ParseBool`, with empty meaning `false` (as the provider does).
+pub fn parse_go_bool(field: &'static str, value: &str) -> Result<bool, ParamError> {
+    match value.trim() {
+        "" | "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        other => Err(ParamError::Invalid {
+            field,
+            value: other.to_string(),
+            reason: "not a boolean (use true or false)".into(),
+        }),
+    }
+}
+
+/// Validate a Key Vault name: 3-24 chars of `[-A-Za-z0-9]`.
+pub fn validate_vault_name(name: &str) -> Result<(), ParamError> {
+    let invalid = |reason: &str| ParamError::Invalid {
+        field: "keyvaultName",
+        value: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.len() < 3 || name.len() > 24 {
+        return Err(invalid("must be between 3 and 24 characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(invalid("must match [-a-zA-Z0-9]{3,24}"));
+    }
+    Ok(())
+}
+
+impl Parameters {
+    /// Parse and validate a parameters map.
+    pub fn parse(map: &BTreeMap<String, String>) -> Result<Parameters, ParamError> {
+        let keyvault_name = get(map, "keyvaultName");
+        if keyvault_name.is_empty() {
+            return Err(ParamError::Missing {
+                field: "keyvaultName",
+            });
+        }
+        validate_vault_name(keyvault_name)?;
+
+        let tenant_id = non_empty(get(map, "tenantID")).or_else(|| non_empty(get(map, "tenantId")));
+
+        let cloud_name = get(map, "cloudName");
+        let cloud = Cloud::parse(cloud_name).ok_or_else(|| ParamError::Invalid {
+            field: "cloudName",
+            value: cloud_name.to_string(),
+            reason: "unknown cloud (AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud, AzureStackCloud)".into(),
+        })?;
+        let cloud_env_file_name = non_empty(get(map, "cloudEnvFileName"));
+
+        let use_pod_identity = parse_go_bool("usePodIdentity", get(map, "usePodIdentity"))?;
+        let use_vm_managed_identity =
+            parse_go_bool("useVMManagedIdentity", get(map, "useVMManagedIdentity"))?;
+        let user_assigned_identity_id = non_empty(get(map, "userAssignedIdentityID"));
+        let client_id = non_empty(get(map, "clientID"));
+
+        let mut modes: Vec<&'static str> = Vec::new();
+        if use_pod_identity {
+            modes.push("usePodIdentity");
+        }
+        if use_vm_managed_identity {
+            modes.push("useVMManagedIdentity");
+        }
+        if client_id.is_some() {
+            modes.push("clientID");
+        }
+        if let [first, second, ..] = modes[..] {
+            return Err(ParamError::TwoIdentityModes { first, second });
+        }
+
+        let objects_text = get(map, "objects");
+        if objects_text.is_empty() {
+            return Err(ParamError::Missing { field: "objects" });
+        }
+        let objects = parse_objects(objects_text)?;
+
+        Ok(Parameters {
+            keyvault_name: keyvault_name.to_string(),
+            tenant_id,
+            cloud,
+            cloud_env_file_name,
+            use_pod_identity,
+            use_vm_managed_identity,
+            user_assigned_identity_id,
+            client_id,
+            objects,
+        })
+    }
+
+    /// The tenant, or the error the Azure provider gives when it is missing.
+    pub fn require_tenant(&self) -> Result<&str, ParamError> {
+        self.tenant_id
+            .as_deref()
+            .ok_or(ParamError::Missing { field: "tenantID" })
+    }
+
+    /// The selected identity mode (validated to be at most one).
+    pub fn identity(&self) -> IdentityMode {
+        if self.use_pod_identity {
+            IdentityMode::PodIdentity
+        } else if self.use_vm_managed_identity {
+            IdentityMode::VmManagedIdentity {
+                user_assigned_identity_id: self.user_assigned_identity_id.clone(),
+            }
+        } else if let Some(client_id) = &self.client_id {
+            IdentityMode::WorkloadIdentity {
+                client_id: client_id.clone(),
+            }
+        } else {
+            IdentityMode::ServicePrincipal
+        }
+    }
+
+    /// `https://<vault>.<suffix>/` for the built-in clouds.
+    pub fn vault_url(&self) -> Option<String> {
+        self.cloud
+            .keyvault_dns_suffix()
+            .map(|s| format!("https://{}.{}/", self.keyvault_name, s))
+    }
+}
+
+/// Render a YAML scalar as the string Go's yaml decoder would put into a string field.
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => Some(String::new()),
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Tagged(t) => scalar_string(&t.value),
+        _ => None,
+    }
+}
+
+/// Parse the `objects` parameter (a YAML document with `array:` of YAML strings).
+pub fn parse_objects(text: &str) -> Result<Vec<ObjectSpec>, ParamError> {
+    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| ParamError::Objects {
+        reason: format!("invalid YAML: {e}"),
+    })?;
+    let items = match &doc {
+        Value::Mapping(m) => match m.get("array") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Sequence(seq)) => seq.clone(),
+            Some(_) => {
+                return Err(ParamError::Objects {
+                    reason: "field array: must be a list of YAML strings".into(),
+                })
+            }
+        },
+        Value::Null => Vec::new(),
+        _ => {
+            return Err(ParamError::Objects {
+                reason: "must be a YAML mapping with an `array:` list".into(),
+            })
+        }
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        out.push(parse_object(index, item)?);
+    }
+    check_file_names(&out)?;
+    Ok(out)
+}
+
+fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
+    let obj_err = |name: &str, field: &'static str, reason: String| ParamError::Object {
+        index,
+        name: name.to_string(),
+        field,
+        reason,
+    };
+    // Items are YAML strings holding a YAML document; tolerate an inline mapping too.
+    let parsed: Value = match item {
+        Value::String(s) => serde_yaml_ng::from_str(s)
+            .map_err(|e| obj_err("", "array", format!("invalid YAML: {e}")))?,
+        Value::Mapping(_) => item.clone(),
+        _ => {
+            return Err(obj_err(
+                "",
+                "array",
+                "each item must be a YAML string describing one object".into(),
+            ))
+        }
+    };
+    let map = match parsed {
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(obj_err(
+                "",
+                "array",
+                "item is not a YAML mapping (objectName: ..., objectType: ...)".into(),
+            ))
+        }
+    };
+    let field = |key: &'static str, name: &str| -> Result<String, ParamError> {
+        match map.get(key) {
+            None => Ok(String::new()),
+            Some(v) => scalar_string(v)
+                .map(|s| s.trim().to_string())
+                .ok_or_else(|| obj_err(name, key, "must be a scalar".into())),
+        }
+    };
+
+    let name = field("objectName", "")?;
+    if name.is_empty() {
+        return Err(obj_err("", "objectName", "is required".into()));
+    }
+    let name_for_err = name.clone();
+    let err = |field: &'static str, reason: String| obj_err(&name_for_err, field, reason);
+
+    let type_str = field("objectType", &name)?;
+    let object_type = match type_str.as_str() {
+        "secret" => ObjectType::Secret,
+        "key" => ObjectType::Key,
+        "cert" => ObjectType::Cert,
+        "" => {
+            return Err(err(
+                "objectType",
+                "is required (secret, key or cert)".into(),
+            ))
+        }
+        other => {
+            return Err(err(
+                "objectType",
+                format!("invalid value {other:?}: should be secret, key or cert"),
+            ))
+        }
+    };
+
+    let version_str = field("objectVersion", &name)?;
+    let version = if version_str.is_empty() || version_str == "latest" {
+        None
+    } else {
+        Some(version_str)
+    };
+
+    let version_history = match map.get("objectVersionHistory") {
+        None | Some(Value::Null) => 1,
+        Some(v) => {
+            let s = scalar_string(v).unwrap_or_default();
+            let s = s.trim();
+            if s.is_empty() {
+                1
+            } else {
+                let n: i64 = s.parse().map_err(|_| {
+                    err(
+                        "objectVersionHistory",
+                        format!("invalid value {s:?}: must be an integer"),
+                    )
+                })?;
+                if n > i64::from(i32::MAX) {
+                    return Err(err(
+                        "objectVersionHistory",
+                        format!("invalid value {s:?}: too large"),
+                    ));
+                }
+                n.max(1) as u32
+            }
+        }
+    };
+
+    let alias_str = field("objectAlias", &name)?;
+    let alias = if alias_str.is_empty() {
+        None
+    } else {
+        Some(alias_str)
+    };
+
+    let format_str = field("objectFormat", &name)?;
+    let format = if format_str.is_empty() || format_str.eq_ignore_ascii_case("pem") {
+        ObjectFormat::Pem
+    } else if format_str.eq_ignore_ascii_case("pfx") {
+        ObjectFormat::Pfx
+    } else {
+        return Err(err(
+            "objectFormat",
+            format!("invalid value {format_str:?}: should be pem or pfx"),
+        ));
+    };
+    if format == ObjectFormat::Pfx && object_type != ObjectType::Secret {
+        return Err(err(
+            "objectFormat",
+            format!("pfx is only supported for objectType secret, not {object_type}"),
+        ));
+    }
+
+    let encoding_str = field("objectEncoding", &name)?;
+    let encoding = if encoding_str.is_empty() {
+        ObjectEncoding::Utf8
+    } else {
+        if object_type != ObjectType::Secret {
+            return Err(err(
+                "objectEncoding",
+                format!("only supported for objectType secret, not {object_type}"),
+            ));
+        }
+        if encoding_str.eq_ignore_ascii_case("utf-8") {
+            ObjectEncoding::Utf8
+        } else if encoding_str.eq_ignore_ascii_case("base64") {
+            ObjectEncoding::Base64
+        } else if encoding_str.eq_ignore_ascii_case("hex") {
+            ObjectEncoding::Hex
+        } else {
+            return Err(err(
+                "objectEncoding",
+                format!("invalid value {encoding_str:?}: should be utf-8, base64 or hex"),
+            ));
+        }
+    };
+
+    let perm_str = field("filePermission", &name)?;
+    let file_permission = if perm_str.is_empty() {
+        None
+    } else {
+        Some(parse_octal_mode(&perm_str).map_err(|reason| err("filePermission", reason))?)
+    };
+
+    let spec = ObjectSpec {
+        index,
+        name,
+        object_type,
+        version,
+        version_history,
+        alias,
+        format,
+        encoding,
+        file_permission,
+    };
+    let file_field = if spec.alias.is_some() {
+        "objectAlias"
+    } else {
+        "objectName"
+    };
+    validate_file_name(spec.file_name()).map_err(|reason| err(file_field, reason))?;
+    Ok(spec)
+}
+
+/// Parse an octal permission string like `0644` (digits 0-7 only, at most 0o7777).
+pub fn parse_octal_mode(s: &str) -> Result<u32, String> {
+    if s.is_empty() || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!(
+            "invalid value {s:?}: must be an octal number like 0644"
+        ));
+    }
+    let v = u32::from_str_radix(s, 8)
+        .map_err(|_| format!("invalid value {s:?}: must be an octal number like 0644"))?;
+    if v > 0o7777 {
+        return Err(format!("invalid value {s:?}: larger than 07777"));
+    }
+    Ok(v)
+}
+
+/// File-name rules of the Azure provider (plus: no empty path segments, no NUL).
+pub fn validate_file_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("file name must not be empty".into());
+    }
+    if name.starts_with('/') || name.starts_with('\\') {
+        return Err(format!("file name {name:?} must be a relative path"));
+    }
+    if name.contains("..") {
+        return Err(format!("file name {name:?} must not contain '..'"));
+    }
+    if name.contains('\0') {
+        return Err(format!("file name {name:?} must not contain NUL"));
+    }
+    if name.split('/').any(|seg| seg.is_empty() || seg == ".") {
+        return Err(format!(
+            "file name {name:?} must not have empty or '.' path segments"
+        ));
+    }
+    Ok(())
+}
+
+/// True when `a` and `b` name the same file or one is a directory holding the other.
+pub(crate) fn paths_clash(a: &str, b: &str) -> bool {
+    a == b
+        || (b.len() > a.len() && b.starts_with(a) && b.as_bytes()[a.len()] == b'/')
+        || (a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/')
+}
+
+fn check_file_names(objects: &[ObjectSpec]) -> Result<(), ParamError> {
+    for (i, a) in objects.iter().enumerate() {
+        for b in &objects[..i] {
+            if paths_clash(a.file_name(), b.file_name()) {
+                return Err(ParamError::DuplicateFile {
+                    index: a.index,
+                    name: a.name.clone(),
+                    other_index: b.index,
+                    other_name: b.name.clone(),
+                    path: a.file_name().to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const OBJ: &str = "array:\n  - |\n    objectName: s1\n    objectType: secret\n";
+
+    fn base(extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut m = map(&[("keyvaultName", "kv1"), ("tenantID", "t"), ("objects", OBJ)]);
+        for (k, v) in extra {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    }
+
+    fn objects(items: &[&str]) -> String {
+        let mut s = String::from("array:\n");
+        for it in items {
+            s.push_str("  - |\n");
+            for line in it.lines() {
+                s.push_str("    ");
+                s.push_str(line);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    fn obj_err(items: &[&str]) -> ParamError {
+        match parse_objects(&objects(items)) {
+            Err(e) => e,
+            Ok(v) => panic!("expected error, got {v:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let p = Parameters::parse(&base(&[])).unwrap();
+        assert_eq!(p.keyvault_name, "kv1");
+        assert_eq!(p.tenant_id.as_deref(), Some("t"));
+        assert_eq!(p.cloud, Cloud::AzurePublicCloud);
+        assert_eq!(p.identity(), IdentityMode::ServicePrincipal);
+        assert_eq!(p.vault_url().unwrap(), "https://kv1.vault.azure.net/");
+        let o = &p.objects[0];
+        assert_eq!(o.name, "s1");
+        assert_eq!(o.object_type, ObjectType::Secret);
+        assert_eq!(o.version, None);
+        assert_eq!(o.version_history, 1);
+        assert_eq!(o.format, ObjectFormat::Pem);
+        assert_eq!(o.encoding, ObjectEncoding::Utf8);
+        assert_eq!(o.mode(DEFAULT_FILE_MODE), 0o644);
+        assert_eq!(o.file_name(), "s1");
+    }
+
+    #[test]
+    fn whitespace_trimmed_everywhere() {
+        let m = map(&[
+            ("keyvaultName", "  kv-2 \n"),
+            ("tenantID", " tid "),
+            ("cloudName", " azurechinacloud "),
+            ("useVMManagedIdentity", " True "),
+            ("userAssignedIdentityID", " uid "),
+            (
+                "objects",
+                "array:\n  - |\n    objectName: \"  s1 \"\n    objectType: ' secret '\n    objectAlias: ' a.txt '\n    objectVersion: ' latest '\n",
+            ),
+        ]);
+        let p = Parameters::parse(&m).unwrap();
+        assert_eq!(p.keyvault_name, "kv-2");
+        assert_eq!(p.tenant_id.as_deref(), Some("tid"));
+        assert_eq!(p.cloud, Cloud::AzureChinaCloud);
+        assert_eq!(
+            p.identity(),
+            IdentityMode::VmManagedIdentity {
+                user_assigned_identity_id: Some("uid".into())
+            }
+        );
+        assert_eq!(p.objects[0].name, "s1");
+        assert_eq!(p.objects[0].file_name(), "a.txt");
+        assert_eq!(p.objects[0].version, None);
+    }
+
+    #[test]
+    fn tenant_id_precedence_and_deprecated_name() {
+        let p = Parameters::parse(&base(&[("tenantId", "old")])).unwrap();
+        assert_eq!(p.tenant_id.as_deref(), Some("t"));
+        let mut m = base(&[("tenantId", "old")]);
+        m.remove("tenantID");
+        assert_eq!(
+            Parameters::parse(&m).unwrap().tenant_id.as_deref(),
+            Some("old")
+        );
+        m.remove("tenantId");
+        let p = Parameters::parse(&m).unwrap();
+        assert_eq!(
+            p.require_tenant(),
+            Err(ParamError::Missing { field: "tenantID" })
+        );
+    }
+
+    #[test]
+    fn vault_name_rules() {
+        let mut m = base(&[]);
+        m.remove("keyvaultName");
+        assert_eq!(
+            Parameters::parse(&m),
+            Err(ParamError::Missing {
+                field: "keyvaultName"
+            })
+        );
+        for bad in ["ab", "a234567890123456789012345", "kv_1", "kv.1", "kv 1x"] {
+            let e = Parameters::parse(&base(&[("keyvaultName", bad)])).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    ParamError::Invalid {
+                        field: "keyvaultName",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
+        }
+        for good in ["abc", "a23456789012345678901234", "My-Vault-01"] {
+            Parameters::parse(&base(&[("keyvaultName", good)])).unwrap();
+        }
+    }
+
+    #[test]
+    fn clouds() {
+        for (v, c) in [
+            ("", Cloud::AzurePublicCloud),
+            ("AzurePublicCloud", Cloud::AzurePublicCloud),
+            ("AZUREUSGOVERNMENTCLOUD", Cloud::AzureUSGovernmentCloud),
+            ("AzureChinaCloud", Cloud::AzureChinaCloud),
+            ("azurestackcloud", Cloud::AzureStackCloud),
+        ] {
+            assert_eq!(
+                Parameters::parse(&base(&[("cloudName", v)])).unwrap().cloud,
+                c
+            );
+        }
+        let e = Parameters::parse(&base(&[("cloudName", "AzureGermanCloud")])).unwrap_err();
+        assert!(e.to_string().contains("cloudName"), "{e}");
+        let p = Parameters::parse(&base(&[
+            ("cloudName", "AzureStackCloud"),
+            ("cloudEnvFileName", " /etc/kubernetes/akscustom.json "),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.cloud_env_file_name.as_deref(),
+            Some("/etc/kubernetes/akscustom.json")
+        );
+        assert_eq!(p.vault_url(), None);
+    }
+
+    #[test]
+    fn go_parse_bool() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert!(parse_go_bool("x", t).unwrap(), "{t}");
+        }
+        for f in ["", "0", "f", "F", "FALSE", "false", "False"] {
+            assert!(!parse_go_bool("x", f).unwrap(), "{f}");
+        }
+        for bad in ["yes", "tRUE", "2", "on"] {
+            assert!(parse_go_bool("x", bad).is_err(), "{bad}");
+        }
+        let e = Parameters::parse(&base(&[("usePodIdentity", "yes")])).unwrap_err();
+        assert!(e.to_string().contains("usePodIdentity"), "{e}");
+        let e = Parameters::parse(&base(&[("useVMManagedIdentity", "nope")])).unwrap_err();
+        assert!(e.to_string().contains("useVMManagedIdentity"), "{e}");
+    }
+
+    #[test]
+    fn identity_modes() {
+        let p = Parameters::parse(&base(&[("usePodIdentity", "true")])).unwrap();
+        assert_eq!(p.identity(), IdentityMode::PodIdentity);
+        let p = Parameters::parse(&base(&[("clientID", " cid ")])).unwrap();
+        assert_eq!(
+            p.identity(),
+            IdentityMode::WorkloadIdentity {
+                client_id: "cid".into()
+            }
+        );
+        for pair in [
+            [("usePodIdentity", "true"), ("useVMManagedIdentity", "1")],
+            [("usePodIdentity", "T"), ("clientID", "x")],
+            [("useVMManagedIdentity", "true"), ("clientID", "x")],
+        ] {
+            let e = Parameters::parse(&base(&pair)).unwrap_err();
+            assert!(matches!(e, ParamError::TwoIdentityModes { .. }), "{e}");
+            assert!(e.to_string().contains("two identity modes"), "{e}");
+        }
+        // false switches do not count
+        Parameters::parse(&base(&[
+            ("usePodIdentity", "false"),
+            ("useVMManagedIdentity", "0"),
+            ("clientID", "x"),
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn objects_missing_or_bad_yaml() {
+        let mut m = base(&[]);
+        m.remove("objects");
+        assert_eq!(
+            Parameters::parse(&m),
+            Err(ParamError::Missing { field: "objects" })
+        );
+        let e = Parameters::parse(&base(&[("objects", "array: [unclosed")])).unwrap_err();
+        assert!(matches!(e, ParamError::Objects { .. }), "{e}");
+        let e = Parameters::parse(&base(&[("objects", "array: 5")])).unwrap_err();
+        assert!(e.to_string().contains("array"), "{e}");
+        let e = obj_err(&["objectName: [a"]);
+        assert!(e.to_string().contains("objects[0]"), "{e}");
+        assert!(Parameters::parse(&base(&[("objects", "array: []")]))
+            .unwrap()
+            .objects
+            .is_empty());
+    }
+
+    #[test]
+    fn object_full() {
+        let v = parse_objects(&objects(&[
+            "objectName: s1\nobjectType: secret\nobjectVersion: abc\nobjectVersionHistory: 3\nobjectAlias: dir/s\nobjectFormat: PFX\nobjectEncoding: Base64\nfilePermission: \"0600\"",
+            "objectName: k1\nobjectType: key\nobjectVersionHistory: 0",
+            "objectName: c1\nobjectType: cert\nobjectFormat: PEM\nobjectVersionHistory: \"2\"",
+            "objectName: s2\nobjectType: secret\nobjectEncoding: HEX\nfilePermission: 0640",
+        ]))
+        .unwrap();
+        assert_eq!(v[0].version.as_deref(), Some("abc"));
+        assert_eq!(v[0].version_history, 3);
+        assert!(v[0].is_history());
+        assert_eq!(v[0].file_name(), "dir/s");
+        assert_eq!(v[0].format, ObjectFormat::Pfx);
+        assert_eq!(v[0].encoding, ObjectEncoding::Base64);
+        assert_eq!(v[0].file_permission, Some(0o600));
+        assert_eq!(v[1].version_history, 1);
+        assert_eq!(v[1].object_type, ObjectType::Key);
+        assert_eq!(v[2].version_history, 2);
+        assert_eq!(v[3].encoding, ObjectEncoding::Hex);
+        assert_eq!(v[3].file_permission, Some(0o640));
+        assert_eq!(v[3].index, 3);
+    }
+
+    fn assert_obj_err(e: &ParamError, index: usize, name: &str, field: &str) {
+        match e {
+            ParamError::Object {
+                index: i,
+                name: n,
+                field: f,
+                ..
+            } => {
+                assert_eq!((*i, n.as_str(), *f), (index, name, field), "{e}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("objects[{index}]")), "{msg}");
+        assert!(msg.contains(field), "{msg}");
+    }
+
+    #[test]
+    fn object_errors_name_object_and_field() {
+        let ok = "objectName: ok\nobjectType: secret";
+        let cases: &[(&str, &str, &str)] = &[
+            ("objectType: secret", "", "objectName"),
+            ("objectName: x", "x", "objectType"),
+            ("objectName: x\nobjectType: Secret", "x", "objectType"),
+            ("objectName: x\nobjectType: certificate", "x", "objectType"),
+            (
+                "objectName: x\nobjectType: key\nobjectFormat: pfx",
+                "x",
+                "objectFormat",
+            ),
+            (
+                "objectName: x\nobjectType: cert\nobjectFormat: PFX",
+                "x",
+                "objectFormat",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectFormat: der",
+                "x",
+                "objectFormat",
+            ),
+            (
+                "objectName: x\nobjectType: key\nobjectEncoding: base64",
+                "x",
+                "objectEncoding",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectEncoding: utf-16",
+                "x",
+                "objectEncoding",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectAlias: ../etc/passwd",
+                "x",
+                "objectAlias",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectAlias: a/../../b",
+                "x",
+                "objectAlias",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectAlias: ..data",
+                "x",
+                "objectAlias",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectAlias: /abs",
+                "x",
+                "objectAlias",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectAlias: a//b",
+                "x",
+                "objectAlias",
+            ),
+            ("objectName: x..y\nobjectType: secret", "x..y", "objectName"),
+            (
+                "objectName: x\nobjectType: secret\nfilePermission: \"0999\"",
+                "x",
+                "filePermission",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nfilePermission: rw-r--r--",
+                "x",
+                "filePermission",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nfilePermission: \"-1\"",
+                "x",
+                "filePermission",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nfilePermission: \"17777\"",
+                "x",
+                "filePermission",
+            ),
+            (
+                "objectName: x\nobjectType: secret\nobjectVersionHistory: many",
+                "x",
+                "objectVersionHistory",
+            ),
+            ("objectName: x\nobjectType: [secret]", "x", "objectType"),
+        ];
+        for (item, name, field) in cases {
+            let e = obj_err(&[ok, item]);
+            assert_obj_err(&e, 1, name, field);
+        }
+    }
+
+    #[test]
+    fn duplicate_file_names() {
+        let e = obj_err(&[
+            "objectName: a\nobjectType: secret",
+            "objectName: b\nobjectType: key\nobjectAlias: a",
+        ]);
+        assert!(
+            matches!(
+                e,
+                ParamError::DuplicateFile {
+                    index: 1,
+                    other_index: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("objects[1]"), "{e}");
+        // a directory from an alias clashes with a file of the same name
+        let e = obj_err(&[
+            "objectName: a\nobjectType: secret\nobjectAlias: d/x",
+            "objectName: b\nobjectType: secret\nobjectAlias: d",
+        ]);
+        assert!(matches!(e, ParamError::DuplicateFile { .. }), "{e}");
+        // same name, different types: still the same file
+        let e = obj_err(&[
+            "objectName: a\nobjectType: secret",
+            "objectName: a\nobjectType: cert",
+        ]);
+        assert!(matches!(e, ParamError::DuplicateFile { .. }), "{e}");
+        // siblings are fine
+        parse_objects(&objects(&[
+            "objectName: a\nobjectType: secret\nobjectAlias: d/x",
+            "objectName: b\nobjectType: secret\nobjectAlias: d/y",
+            "objectName: c\nobjectType: secret\nobjectAlias: dx",
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn octal_modes() {
+        assert_eq!(parse_octal_mode("0644"), Ok(0o644));
+        assert_eq!(parse_octal_mode("644"), Ok(0o644));
+        assert_eq!(parse_octal_mode("0"), Ok(0));
+        assert_eq!(parse_octal_mode("4755"), Ok(0o4755));
+        assert!(parse_octal_mode("0o644").is_err());
+        assert!(parse_octal_mode("+644").is_err());
+    }
+}
