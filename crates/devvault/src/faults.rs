@@ -1,0 +1,258 @@
+//! Fault injection (latency, 429, 5xx, dropped connections, per-identity budgets) and the request
+//! counters that let tests prove how many vault calls a client made.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    #[serde(default)]
+    pub latency_ms: u64,
+    #[serde(default)]
+    pub rate_429: f64,
+    #[serde(default = "default_retry_after")]
+    pub retry_after_secs: u64,
+    #[serde(default)]
+    pub rate_500: f64,
+    #[serde(default)]
+    pub rate_503: f64,
+    #[serde(default)]
+    pub drop_rate: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    #[serde(default)]
+    pub scope: FaultScope,
+}
+
+fn default_retry_after() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub requests: u64,
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultScope {
+    #[default]
+    Vault,
+    All,
+}
+
+impl FaultConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("rate_429", self.rate_429),
+            ("rate_500", self.rate_500),
+            ("rate_503", self.rate_503),
+            ("drop_rate", self.drop_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("{name} must be between 0 and 1, got {v}"));
+            }
+        }
+        if let Some(b) = &self.budget {
+            if b.window_secs == 0 {
+                return Err("budget.window_secs must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn applies(&self, data_plane: bool) -> bool {
+        data_plane || self.scope == FaultScope::All
+    }
+}
+
+/// What to do with a request before it is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injected {
+    Throttle { retry_after_secs: u64 },
+    Status(u16),
+}
+
+#[derive(Default)]
+pub struct Faults {
+    config: Mutex<FaultConfig>,
+    windows: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl Faults {
+    pub fn new(config: FaultConfig) -> Self {
+        Self {
+            config: Mutex::new(config),
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self) -> FaultConfig {
+        self.config.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn set(&self, config: FaultConfig) {
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+        if let Ok(mut w) = self.windows.lock() {
+            w.clear();
+        }
+    }
+
+    /// Decides whether to drop the connection of a request.
+    pub fn should_drop(&self, data_plane: bool) -> bool {
+        let c = self.get();
+        c.applies(data_plane) && c.drop_rate > 0.0 && crate::ids::random_unit() < c.drop_rate
+    }
+
+    pub fn latency(&self, data_plane: bool) -> Option<Duration> {
+        let c = self.get();
+        (c.applies(data_plane) && c.latency_ms > 0).then(|| Duration::from_millis(c.latency_ms))
+    }
+
+    /// Random faults (429 / 500 / 503), decided before authentication.
+    pub fn random_fault(&self, data_plane: bool) -> Option<Injected> {
+        let c = self.get();
+        if !c.applies(data_plane) {
+            return None;
+        }
+        let r = crate::ids::random_unit();
+        if r < c.rate_429 {
+            return Some(Injected::Throttle {
+                retry_after_secs: c.retry_after_secs,
+            });
+        }
+        if r < c.rate_429 + c.rate_503 {
+            return Some(Injected::Status(503));
+        }
+        if r < c.rate_429 + c.rate_503 + c.rate_500 {
+            return Some(Injected::Status(500));
+        }
+        None
+    }
+
+    /// Per-identity budget: `Some(retry_after)` when `identity` has used up its window.
+    pub fn over_budget(&self, identity: &str) -> Option<u64> {
+        let budget = self.get().budget?;
+        let window = Duration::from_secs(budget.window_secs);
+        let now = Instant::now();
+        let mut windows = self.windows.lock().ok()?;
+        let entry = windows.entry(identity.to_string()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        if entry.1 > budget.requests {
+            let left = window.saturating_sub(now.duration_since(entry.0));
+            Some(left.as_secs_f64().ceil().max(1.0) as u64)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Counter {
+    pub operation: String,
+    pub vault: String,
+    pub object: String,
+    pub count: u64,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    map: Mutex<HashMap<(String, String, String), u64>>,
+}
+
+impl Counters {
+    pub fn add(&self, operation: &str, vault: &str, object: &str) {
+        if let Ok(mut m) = self.map.lock() {
+            *m.entry((operation.to_string(), vault.to_string(), object.to_string()))
+                .or_insert(0) += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        let mut list: Vec<Counter> = self
+            .map
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|((operation, vault, object), count)| Counter {
+                        operation: operation.clone(),
+                        vault: vault.clone(),
+                        object: object.clone(),
+                        count: *count,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        list.sort_by(|a, b| {
+            (&a.operation, &a.vault, &a.object).cmp(&(&b.operation, &b.vault, &b.object))
+        });
+        let total: u64 = list.iter().map(|c| c.count).sum();
+        serde_json::json!({"total": total, "counters": list})
+    }
+
+    pub fn reset(&self) {
+        if let Ok(mut m) = self.map.lock() {
+            m.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_rates_and_unknown_fields() {
+        let c: FaultConfig = serde_json::from_str(r#"{"rate_429": 1.5}"#).unwrap();
+        assert!(c.validate().unwrap_err().contains("rate_429"));
+        assert!(serde_json::from_str::<FaultConfig>(r#"{"rate_42": 0.1}"#).is_err());
+    }
+
+    #[test]
+    fn budget_window() {
+        let f = Faults::new(FaultConfig {
+            budget: Some(Budget {
+                requests: 3,
+                window_secs: 60,
+            }),
+            ..Default::default()
+        });
+        assert!(f.over_budget("a").is_none());
+        assert!(f.over_budget("a").is_none());
+        assert!(f.over_budget("a").is_none());
+        let ra = f.over_budget("a").unwrap();
+        assert!((1..=60).contains(&ra));
+        assert!(f.over_budget("b").is_none(), "budgets are per identity");
+    }
+
+    #[test]
+    fn certain_faults() {
+        let f = Faults::new(FaultConfig {
+            rate_429: 1.0,
+            retry_after_secs: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            f.random_fault(true),
+            Some(Injected::Throttle {
+                retry_after_secs: 2
+            })
+        );
+        assert_eq!(
+            f.random_fault(false),
+            None,
+            "token endpoints are out of scope"
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! `kvbridge dev-vault`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use devvault::{FaultConfig, Options};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on (port 0 picks a free port; see STATE/ready.json).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Directory for the CA, server certificate, signing key and vault state.
+    #[arg(long, default_value = ".dev-vault")]
+    state: PathBuf,
+    /// YAML seed file with vaults, objects, identities and access policies.
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// Resource (token audience) to advertise in the 401 challenge (default: derived from the host).
+    #[arg(long)]
+    resource: Option<String>,
+    /// Lifetime of issued access tokens, in seconds.
+    #[arg(long, default_value_t = 3599)]
+    token_lifetime: i64,
+    /// Fault injection at start, as JSON (also settable at run time: PUT /admin/faults).
+    #[arg(long)]
+    faults: Option<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut opts = Options::new(args.listen, &args.state);
+    opts.seed = args.seed;
+    opts.resource = args.resource;
+    opts.token_lifetime_secs = args.token_lifetime;
+    if let Some(f) = args.faults {
+        opts.faults = serde_json::from_str::<FaultConfig>(&f)
+            .with_context(|| format!("--faults is not a valid fault configuration: {f}"))?;
+    }
+    let running = devvault::start(opts)
+        .await
+        .context("the dev vault could not start")?;
+    print_banner(&running.info);
+    let stop = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+        }
+    };
+    stop.await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+fn print_banner(info: &devvault::ReadyInfo) {
+    let ca = info.ca.display();
+    let port = info.port;
+    println!(
+        "kvbridge dev-vault listening on https://{} (tenant {})",
+        info.listen, info.tenant
+    );
+    for (name, url) in &info.vaults {
+        let default = if *name == info.default_vault {
+            format!("  (default vault; also https://localhost:{port})")
+        } else {
+            String::new()
+        };
+        println!("  vault {name:<16} {url}{default}");
+    }
+    println!("  CA certificate      {ca}");
+    println!("  trust it:           export SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} NODE_EXTRA_CA_CERTS={ca}");
+    println!("                      (kvbridge: --ca-file {ca}; curl: --cacert {ca})");
+    println!("  Entra authority     https://localhost:{port}  (token: https://localhost:{port}/{}/oauth2/v2.0/token)", info.tenant);
+    println!("  get a token:        curl --cacert {ca} -d grant_type=client_credentials -d client_id={} \\", devvault::seed::DEFAULT_CLIENT_ID);
+    println!(
+        "                        -d client_secret=<secret from the seed; built-in: {}> \\",
+        devvault::seed::DEFAULT_CLIENT_SECRET
+    );
+    println!("                        -d scope=https://vault.azure.net/.default https://localhost:{port}/{}/oauth2/v2.0/token", info.tenant);
+    println!("  admin:              https://localhost:{port}/admin/counters  https://localhost:{port}/admin/faults");
+    println!("ready");
+}

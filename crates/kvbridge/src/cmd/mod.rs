@@ -1,0 +1,3 @@
+//! One module per subcommand: flags, then a call into the library crate that does the work.
+
+pub mod dev_vault;
