@@ -139,8 +139,8 @@ pub fn self_signed(req: &CertRequest, key: &PrivateKey) -> Result<Vec<u8>, PkiEr
 }
 
 /// A certificate for `key` signed by `issuer_key`, whose certificate is `issuer_cert_der`.
-/// The AuthorityKeyIdentifier is the issuer's SubjectKeyIdentifier. The subject key may be
-/// any supported kind (including P-521); the issuer key must be RSA, P-256 or P-384.
+/// The AuthorityKeyIdentifier is the issuer's SubjectKeyIdentifier. Both keys must be RSA,
+/// P-256 or P-384 (rcgen's ring backend neither signs with nor encodes P-521 keys).
 pub fn issue(
     req: &CertRequest,
     key: &PrivateKey,
@@ -151,6 +151,12 @@ pub fn issue(
     if issuer_info.spki_der != spki_der(issuer_key)? {
         return Err(PkiError::Issue(
             "issuer key does not match the issuer certificate".into(),
+        ));
+    }
+    if key.kind() == KeyKind::Ec(Curve::P521) {
+        return Err(PkiError::UnsupportedAlgorithm(
+            "certificates for P-521 keys are not supported (no P-521 in rcgen's ring backend)"
+                .into(),
         ));
     }
     let kp = signing_key(issuer_key)?;

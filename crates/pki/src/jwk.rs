@@ -230,3 +230,34 @@ fn check_ec_pair(key: &PrivateKey, curve: Curve) -> Result<(), PkiError> {
         .map_err(|e| PkiError::InvalidKey(format!("EC JWK is inconsistent: {e}")))?;
     Ok(())
 }
+
+/// The full private JWK of a key (RSA: n, e, d, p, q, dp, dq, qi; EC: crv, x, y, d), as a
+/// JSON object. The returned value holds key material: do not log it.
+pub fn private_jwk(key: &PrivateKey) -> Result<serde_json::Value, PkiError> {
+    let p8 = crate::keys::parse_pkcs8(key.pkcs8_der())?;
+    let public = public_jwk(key)?;
+    let mut obj = match serde_json::to_value(&public) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => return Err(PkiError::InvalidKey("cannot serialize JWK".into())),
+    };
+    match p8.kind {
+        KeyKind::Rsa { .. } => {
+            let mut r = der::Reader::new(der::Reader::new(p8.inner).read(der::TAG_SEQUENCE)?);
+            r.read_uint()?;
+            r.read_uint()?; // n
+            r.read_uint()?; // e
+            for name in ["d", "p", "q", "dp", "dq", "qi"] {
+                obj.insert(name.into(), b64(r.read_uint()?).into());
+            }
+        }
+        KeyKind::Ec(curve) => {
+            let sec1 = crate::keys::parse_sec1(p8.inner, Some(curve))?;
+            let len = curve.coordinate_len();
+            let d = der::strip_zeros(&sec1.d);
+            let mut padded = Zeroizing::new(vec![0u8; len]);
+            padded[len.saturating_sub(d.len())..].copy_from_slice(d);
+            obj.insert("d".into(), b64(&padded).into());
+        }
+    }
+    Ok(serde_json::Value::Object(obj))
+}

@@ -17,7 +17,9 @@ mod x509;
 
 pub use error::PkiError;
 pub use issue::{issue, self_signed, CertRequest};
-pub use jwk::{jwk_to_spki_der, private_key_from_jwk, public_jwk, public_jwk_from_spki, PublicJwk};
+pub use jwk::{
+    jwk_to_spki_der, private_jwk, private_key_from_jwk, public_jwk, public_jwk_from_spki, PublicJwk,
+};
 pub use jws::{jws_sign, jws_verify};
 pub use keys::{generate_key, spki_der, Curve, KeyKind, PrivateKey};
 pub use pem::{bundle_to_pem, parse_pem_bundle, pem_encode, spki_from_pem};
