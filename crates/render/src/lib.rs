@@ -14,4 +14,5 @@
 
 pub mod manifest;
 pub mod params;
+pub mod render;
 pub mod writer;
