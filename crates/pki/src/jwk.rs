@@ -107,12 +107,15 @@ impl PublicJwk {
 /// Builds the uncompressed point 04||x||y, left-padding short coordinates.
 fn ec_point(curve: Curve, x: &[u8], y: &[u8]) -> Result<Vec<u8>, PkiError> {
     let len = curve.coordinate_len();
-    let (x, y) = (der::strip_zeros(x), der::strip_zeros(y));
-    if x.len() > len || y.len() > len {
+    // RFC 7518 requires full-size coordinates; tolerate a little leading-zero stripping by
+    // non-conforming producers, but not a coordinate from another curve.
+    let ok = |c: &[u8]| c.len() <= len && c.len() + 2 >= len;
+    if !ok(x) || !ok(y) {
         return Err(PkiError::InvalidJwk(format!(
-            "coordinates are too long for {curve}"
+            "coordinates do not have the size of {curve}"
         )));
     }
+    let (x, y) = (der::strip_zeros(x), der::strip_zeros(y));
     let mut point = vec![0u8; 1 + 2 * len];
     point[0] = 4;
     point[1 + len - x.len()..1 + len].copy_from_slice(x);

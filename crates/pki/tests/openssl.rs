@@ -307,6 +307,36 @@ fn parse_pfx_made_by_openssl() {
         }
     }
     assert!(cases >= 12, "only {cases} PFX cases ran");
+
+    // Empty password (as Key Vault exports), default and legacy encryption.
+    let (key, certs) = openssl_chain(&d, 2, K::Rsa);
+    for extra in [
+        &[][..],
+        &["-legacy"][..],
+        &["-keypbe", "NONE", "-certpbe", "NONE"][..],
+    ] {
+        let out = d.s("empty.pfx");
+        let mut args = vec![
+            "pkcs12",
+            "-export",
+            "-inkey",
+            &key,
+            "-in",
+            &certs[0],
+            "-certfile",
+            &certs[1],
+            "-passout",
+            "pass:",
+            "-out",
+            &out,
+        ];
+        args.extend(extra.iter().copied());
+        ossl(&d, &args);
+        let bundle =
+            parse_pfx(&d.read("empty.pfx"), "").unwrap_or_else(|e| panic!("{extra:?}: {e}"));
+        assert!(bundle.key.is_some(), "{extra:?}");
+        assert_eq!(bundle.certs.len(), 2, "{extra:?}");
+    }
     let msg = PkiError::PfxPassword.to_string();
     assert!(msg.contains("password") && !msg.contains("s3cret"));
 }
