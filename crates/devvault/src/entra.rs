@@ -313,8 +313,9 @@ fn verify_assertion(identity: &Identity, assertion: &str, token_url: &str) -> Re
     })?;
     let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
     let now = crate::clock::now();
-    let exp = claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0);
-    let nbf = claims.get("nbf").and_then(|v| v.as_i64()).unwrap_or(0);
+    // MSAL sends float timestamps (time.time()).
+    let exp = claims.get("exp").and_then(|v| v.as_f64()).unwrap_or(0.0) as i64;
+    let nbf = claims.get("nbf").and_then(|v| v.as_f64()).unwrap_or(0.0) as i64;
     let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or("");
     let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
     let auds: Vec<String> = match claims.get("aud") {

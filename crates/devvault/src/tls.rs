@@ -1,13 +1,16 @@
 //! The dev vault's own CA and HTTPS server certificate, created on first start and reused after.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -223,30 +226,119 @@ fn pem_der(text: &str, label: &str) -> Result<Vec<u8>, String> {
 fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let cert_pem = read(&files.server_cert)?.unwrap_or_default();
     let key_pem = read(&files.server_key)?.unwrap_or_default();
-    let cert = pem_der(&cert_pem, "CERTIFICATE").map_err(|detail| TlsError::BadPem {
-        path: files.server_cert.clone(),
-        what: "certificate",
-        detail,
-    })?;
-    let ca = read(&files.ca_cert)?.unwrap_or_default();
-    let ca = pem_der(&ca, "CERTIFICATE").map_err(|detail| TlsError::BadPem {
-        path: files.ca_cert.clone(),
-        what: "certificate",
-        detail,
-    })?;
-    let key = pem_der(&key_pem, "PRIVATE KEY").map_err(|detail| TlsError::BadPem {
-        path: files.server_key.clone(),
-        what: "private key",
-        detail,
-    })?;
+    let ca_pem = read(&files.ca_cert)?.unwrap_or_default();
+    let ca_key_pem = read(&files.ca_key)?.unwrap_or_default();
+    let bad = |path: &Path, what: &'static str| {
+        let path = path.to_path_buf();
+        move |detail: String| TlsError::BadPem { path, what, detail }
+    };
+    let cert = pem_der(&cert_pem, "CERTIFICATE").map_err(bad(&files.server_cert, "certificate"))?;
+    let ca = pem_der(&ca_pem, "CERTIFICATE").map_err(bad(&files.ca_cert, "certificate"))?;
+    let key = pem_der(&key_pem, "PRIVATE KEY").map_err(bad(&files.server_key, "private key"))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)
+        .map_err(|e| bad(&files.ca_key, "private key")(e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .map_err(|e| bad(&files.ca_cert, "CA certificate")(e.to_string()))?;
+    let default = certified_key(cert, ca.clone(), key)?;
+    let resolver = SniResolver {
+        issuer,
+        ca_der: ca,
+        default,
+        issued: Mutex::new(HashMap::new()),
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert), CertificateDer::from(ca)],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
-        )?;
+        .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+fn certified_key(cert: Vec<u8>, ca: Vec<u8>, key: Vec<u8>) -> Result<Arc<CertifiedKey>, TlsError> {
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![CertificateDer::from(cert), CertificateDer::from(ca)],
+        signing,
+    )))
+}
+
+/// Serves the server certificate, and for a `NAME.localhost` it does not cover (a vault created
+/// on first use), a certificate issued on the fly by the dev vault's CA: OpenSSL-based clients do
+/// not accept `*.localhost` for `NAME.localhost`.
+struct SniResolver {
+    issuer: Issuer<'static, KeyPair>,
+    ca_der: Vec<u8>,
+    default: Arc<CertifiedKey>,
+    issued: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver").finish_non_exhaustive()
+    }
+}
+
+impl SniResolver {
+    fn covered_by_default(&self, name: &str) -> bool {
+        let Some(cert) = self.default.cert.first() else {
+            return false;
+        };
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+            return false;
+        };
+        let Ok(Some(ext)) = parsed.subject_alternative_name() else {
+            return false;
+        };
+        ext.value.general_names.iter().any(|g| {
+            matches!(g, x509_parser::extensions::GeneralName::DNSName(d) if d.eq_ignore_ascii_case(name))
+        })
+    }
+
+    fn issue_for(&self, name: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![san(name)?];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = crate::clock::now();
+        params.not_before = time_from_unix(now - 3600);
+        params.not_after = time_from_unix(now + 397 * 86_400);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        certified_key(
+            cert.der().to_vec(),
+            self.ca_der.clone(),
+            key.serialize_der(),
+        )
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name().map(|n| n.to_ascii_lowercase()) else {
+            return Some(self.default.clone());
+        };
+        if !name.ends_with(".localhost") || self.covered_by_default(&name) {
+            return Some(self.default.clone());
+        }
+        let mut issued = self.issued.lock().ok()?;
+        if let Some(ck) = issued.get(&name) {
+            return Some(ck.clone());
+        }
+        match self.issue_for(&name) {
+            Ok(ck) => {
+                issued.insert(name, ck.clone());
+                Some(ck)
+            }
+            Err(e) => {
+                tracing::warn!(host = %name, error = %e, "cannot issue a certificate for this host");
+                Some(self.default.clone())
+            }
+        }
+    }
 }
