@@ -284,10 +284,9 @@ impl AtomicWriter {
             let ft = entry
                 .file_type()
                 .map_err(io_err(&path, "stat directory entry"))?;
-            if name.starts_with("..") && name.ends_with("_tmp") {
-                remove_any(&path, ft.is_dir() && !ft.is_symlink())?;
-                report.removed.push(name);
-            } else if is_timestamp_name(&name) && current.as_deref() != Some(name.as_str()) {
+            let tmp_leftover = name.starts_with("..") && name.ends_with("_tmp");
+            let orphan_dir = is_timestamp_name(&name) && current.as_deref() != Some(name.as_str());
+            if tmp_leftover || orphan_dir {
                 remove_any(&path, ft.is_dir() && !ft.is_symlink())?;
                 report.removed.push(name);
             } else if !name.starts_with("..") && ft.is_symlink() {

@@ -492,7 +492,7 @@ fn pfx_decoding_matches_openssl_pkcs12() {
             },
         )
         .unwrap();
-        let ours = blocks(&String::from_utf8(r.files[0].contents.to_vec()).unwrap());
+        let ours = blocks(std::str::from_utf8(&r.files[0].contents).unwrap());
         assert_eq!(ours.len(), 4);
         assert!(ours[0].starts_with("-----BEGIN PRIVATE KEY-----"));
         // openssl prints the key as PKCS#8 PRIVATE KEY too: same key block, same certificates
