@@ -131,6 +131,19 @@ def cert_pem(cert):
 # --------------------------------------------------------------------------------------------
 # The dev vault process
 # --------------------------------------------------------------------------------------------
+class _VerifiedSession(requests.Session):
+    """requests.Session pinned to the dev CA. `session.verify` alone is not enough: requests lets
+    REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE from the environment override it, so pass verify per request."""
+
+    def __init__(self, ca):
+        super().__init__()
+        self._ca = ca
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("verify", self._ca)
+        return super().request(method, url, **kwargs)
+
+
 class DevVault:
     def __init__(self, root, ready, log_path, proc):
         self.root = root
@@ -143,8 +156,7 @@ class DevVault:
         self.authority = f"https://localhost:{self.port}"
         self.vault_url = f"https://{VAULT}.localhost:{self.port}"
         self.ip_url = f"https://127.0.0.1:{self.port}"
-        self.http = requests.Session()
-        self.http.verify = self.ca
+        self.http = _VerifiedSession(self.ca)
 
     def admin(self, method, path, **kwargs):
         kwargs.setdefault("timeout", 30)

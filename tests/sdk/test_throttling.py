@@ -58,7 +58,9 @@ def test_sdk_retries_through_429(dv, secret_client, faults_off):
 
     start = time.monotonic()
     for _ in range(CALLS):
-        assert secret_client.get_secret(name, raw_response_hook=hook).value == "t"
+        # azure-core's default retry_status=3 (4 attempts) fails ~6% of calls at rate_429=0.5
+        got = secret_client.get_secret(name, raw_response_hook=hook, retry_total=12, retry_status=12)
+        assert got.value == "t"
     elapsed = time.monotonic() - start
 
     throttled = statuses.count(429)
@@ -71,9 +73,10 @@ def test_sdk_retries_through_429(dv, secret_client, faults_off):
     gets = sum(
         c["count"] for c in counters["counters"] if c["operation"] == "GetSecret" and c["object"] == name
     )
-    assert counters["total"] > CALLS, counters
-    assert counters["total"] >= len(statuses), (counters, statuses)
     assert gets >= CALLS, counters
+    # throttled requests were served too, so the server saw more requests than SDK calls
+    assert counters["total"] > CALLS, (counters, f"client saw {throttled} x 429")
+    assert counters["total"] >= len(statuses), (counters, statuses)
 
 
 def test_budget_throttling(dv, secret_client, credential, faults_off):
