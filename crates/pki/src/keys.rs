@@ -102,11 +102,22 @@ impl fmt::Debug for PrivateKey {
 }
 
 impl PrivateKey {
-    /// Wraps PKCS#8 DER after checking its structure (RSA or EC P-256/P-384/P-521).
+    /// Checks PKCS#8 DER (RSA or EC P-256/P-384/P-521) and normalizes it to the encoding Go's
+    /// `x509.MarshalPKCS8PrivateKey` writes (what the Azure provider renders): version 0,
+    /// no attributes or embedded public key; RSA keeps its PKCS#1 body; EC becomes
+    /// ECPrivateKey { 1, d padded to the curve size, [1] uncompressed public point } without
+    /// inner curve parameters. Normalizing is idempotent.
     pub fn from_pkcs8_der(der: Vec<u8>) -> Result<Self, PkiError> {
-        let der = Zeroizing::new(der);
-        let kind = parse_pkcs8(&der)?.kind;
-        Ok(Self { der, kind })
+        let input = Zeroizing::new(der);
+        let p8 = parse_pkcs8(&input)?;
+        let der = match p8.kind {
+            KeyKind::Rsa { .. } => encode_rsa_pkcs8(p8.inner),
+            KeyKind::Ec(curve) => {
+                let sec1 = parse_sec1(p8.inner, Some(curve))?;
+                encode_ec_pkcs8(curve, &sec1.d, sec1.point.as_deref())?
+            }
+        };
+        Ok(Self { der, kind: p8.kind })
     }
 
     /// The PKCS#8 DER encoding.
@@ -176,16 +187,19 @@ pub(crate) fn bit_len(magnitude: &[u8]) -> usize {
 
 /// Wraps a PKCS#1 RSAPrivateKey in PKCS#8.
 pub(crate) fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Result<PrivateKey, PkiError> {
+    PrivateKey::from_pkcs8_der(encode_rsa_pkcs8(pkcs1).to_vec())
+}
+
+fn encode_rsa_pkcs8(pkcs1: &[u8]) -> Zeroizing<Vec<u8>> {
     let alg = der::seq(&[
         &der::tlv(der::TAG_OID, der::OID_RSA),
         &der::tlv(der::TAG_NULL, &[]),
     ]);
-    let der = Zeroizing::new(der::seq(&[
+    Zeroizing::new(der::seq(&[
         &der::uint(&[0]),
         &alg,
         &Zeroizing::new(der::tlv(der::TAG_OCTET_STRING, pkcs1)),
-    ]));
-    PrivateKey::from_pkcs8_der(der.to_vec())
+    ]))
 }
 
 /// Builds PKCS#8 for an EC key from its scalar and (optional) uncompressed public point.
@@ -194,6 +208,17 @@ pub(crate) fn ec_to_pkcs8(
     d: &[u8],
     public_point: Option<&[u8]>,
 ) -> Result<PrivateKey, PkiError> {
+    Ok(PrivateKey {
+        der: encode_ec_pkcs8(curve, d, public_point)?,
+        kind: KeyKind::Ec(curve),
+    })
+}
+
+fn encode_ec_pkcs8(
+    curve: Curve,
+    d: &[u8],
+    public_point: Option<&[u8]>,
+) -> Result<Zeroizing<Vec<u8>>, PkiError> {
     let len = curve.coordinate_len();
     let d = der::strip_zeros(d);
     if d.is_empty() || d.len() > len {
@@ -203,25 +228,34 @@ pub(crate) fn ec_to_pkcs8(
     }
     let mut padded = Zeroizing::new(vec![0u8; len]);
     padded[len - d.len()..].copy_from_slice(d);
-    let point = match public_point {
-        Some(p) => p.to_vec(),
-        None => derive_ec_point(curve, &padded)?,
+    // Without ring support for deriving P-256/P-384 public keys, such keys (e.g. from Java,
+    // which omits the optional public key) are kept without one; P-521 derives it.
+    let point = match (public_point, curve) {
+        (Some(p), _) => Some(p.to_vec()),
+        (None, Curve::P521) => Some(derive_ec_point(curve, &padded)?),
+        (None, _) => None,
     };
-    let sec1 = Zeroizing::new(der::seq(&[
-        &der::uint(&[1]),
-        &Zeroizing::new(der::tlv(der::TAG_OCTET_STRING, &padded)),
-        &der::tlv(0xa1, &der::bit_string(&point)),
-    ]));
+    let mut sec1_parts = vec![der::uint(&[1]), der::tlv(der::TAG_OCTET_STRING, &padded)];
+    if let Some(point) = &point {
+        check_point(curve, point).map_err(|_| {
+            PkiError::InvalidKey(format!("{curve} public key must be an uncompressed point"))
+        })?;
+        sec1_parts.push(der::tlv(0xa1, &der::bit_string(point)));
+    }
+    let sec1_refs: Vec<&[u8]> = sec1_parts.iter().map(Vec::as_slice).collect();
+    let sec1 = Zeroizing::new(der::seq(&sec1_refs));
+    sec1_parts
+        .iter_mut()
+        .for_each(|p| zeroize::Zeroize::zeroize(p));
     let alg = der::seq(&[
         &der::tlv(der::TAG_OID, der::OID_EC),
         &der::tlv(der::TAG_OID, curve.oid()),
     ]);
-    let der = Zeroizing::new(der::seq(&[
+    Ok(Zeroizing::new(der::seq(&[
         &der::uint(&[0]),
         &alg,
         &Zeroizing::new(der::tlv(der::TAG_OCTET_STRING, &sec1)),
-    ]));
-    PrivateKey::from_pkcs8_der(der.to_vec())
+    ])))
 }
 
 /// Converts a SEC1 ECPrivateKey (which must name its curve) to PKCS#8.

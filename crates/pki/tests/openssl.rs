@@ -854,3 +854,45 @@ fn issued_three_level_chain_verifies_with_openssl() {
     let ca = self_signed(&req("CN=ca", true), &a).unwrap();
     assert!(issue(&req("CN=l", false), &b, &ca, &b).is_err());
 }
+
+#[test]
+fn ec_keys_without_public_key() {
+    let d = Dir::new();
+    for curve in ["P-256", "P-521"] {
+        let f = d.s("k.pem");
+        ossl(
+            &d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                &format!("ec_paramgen_curve:{curve}"),
+                "-out",
+                &f,
+            ],
+        );
+        let nopub_sec1 = ossl(&d, &["ec", "-in", &f, "-no_public"]);
+        let g = d.write("nopub.pem", nopub_sec1);
+        let nopub_p8 = ossl(&d, &["pkey", "-in", &g]);
+        let key = parse_pem_bundle(&nopub_p8).unwrap().key.unwrap();
+        assert_eq!(
+            PrivateKey::from_pkcs8_der(key.pkcs8_der().to_vec()).unwrap(),
+            key,
+            "idempotent"
+        );
+        match curve {
+            "P-521" => {
+                // the public point is derived from d
+                assert_eq!(
+                    pem_encode("PUBLIC KEY", &spki_der(&key).unwrap()),
+                    openssl_pub_pem(&d, &f)
+                );
+            }
+            _ => {
+                let err = public_jwk(&key).unwrap_err().to_string();
+                assert!(err.contains("without its public key"), "{err}");
+            }
+        }
+    }
+}
