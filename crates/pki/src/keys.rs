@@ -235,18 +235,18 @@ fn encode_ec_pkcs8(
         (None, Curve::P521) => Some(derive_ec_point(curve, &padded)?),
         (None, _) => None,
     };
-    let mut sec1_parts = vec![der::uint(&[1]), der::tlv(der::TAG_OCTET_STRING, &padded)];
+    let mut sec1_parts: Vec<Zeroizing<Vec<u8>>> = vec![
+        Zeroizing::new(der::uint(&[1])),
+        Zeroizing::new(der::tlv(der::TAG_OCTET_STRING, &padded)),
+    ];
     if let Some(point) = &point {
         check_point(curve, point).map_err(|_| {
             PkiError::InvalidKey(format!("{curve} public key must be an uncompressed point"))
         })?;
-        sec1_parts.push(der::tlv(0xa1, &der::bit_string(point)));
+        sec1_parts.push(Zeroizing::new(der::tlv(0xa1, &der::bit_string(point))));
     }
-    let sec1_refs: Vec<&[u8]> = sec1_parts.iter().map(Vec::as_slice).collect();
+    let sec1_refs: Vec<&[u8]> = sec1_parts.iter().map(|p| p.as_slice()).collect();
     let sec1 = Zeroizing::new(der::seq(&sec1_refs));
-    sec1_parts
-        .iter_mut()
-        .for_each(|p| zeroize::Zeroize::zeroize(p));
     let alg = der::seq(&[
         &der::tlv(der::TAG_OID, der::OID_EC),
         &der::tlv(der::TAG_OID, curve.oid()),
