@@ -185,3 +185,16 @@ def test_missing_secret_404(secret_client):
         secret_client.get_secret(unique("nope"))
     assert e.value.status_code == 404
     assert e.value.error is not None and e.value.error.code == "SecretNotFound"
+
+
+@pytest.mark.parametrize("api_version", ["7.0", "7.4", "7.6", "2025-07-01"])
+def test_older_api_versions(dv, credential, api_version):
+    from azure.keyvault.secrets import SecretClient
+
+    from conftest import client_kwargs
+
+    client = SecretClient(dv.vault_url, credential, api_version=api_version, **client_kwargs(dv))
+    assert client.get_secret(SEEDED_SECRET).value == SEEDED_VALUE
+    name = unique("apiver")
+    assert client.set_secret(name, api_version).value == api_version
+    assert name in {p.name for p in client.list_properties_of_secrets()}
