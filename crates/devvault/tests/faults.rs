@@ -1,0 +1,126 @@
+//! Fault injection and counters over real HTTPS: 429 with Retry-After, 503, latency, dropped
+//! connections, per-identity budgets, scope, runtime switching, start-time configuration.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+#[tokio::test]
+async fn injected_faults_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let dv = common::start(dir.path(), None).await;
+    let t = dv.token("kvbridge-dev", "kvbridge-dev-secret").await;
+    assert_eq!(
+        dv.kv("PUT", "/secrets/a", &t, Some(json!({"value": "1"})))
+            .await
+            .0,
+        200
+    );
+    dv.admin("POST", "/admin/counters/reset", None).await;
+
+    // Always 429, Retry-After 3.
+    dv.admin(
+        "PUT",
+        "/admin/faults",
+        Some(json!({"rate_429": 1.0, "retry_after_secs": 3})),
+    )
+    .await;
+    let (s, h, e) = dv.kv_full("GET", "/secrets/a/", &t, None).await;
+    assert_eq!(s, 429);
+    assert_eq!(h["retry-after"], "3");
+    assert_eq!(e["error"]["code"], "Throttled");
+    // Token endpoints are out of the default scope.
+    dv.token("kvbridge-dev", "kvbridge-dev-secret").await;
+
+    // Always 503.
+    dv.admin("PUT", "/admin/faults", Some(json!({"rate_503": 1.0})))
+        .await;
+    assert_eq!(dv.kv("GET", "/secrets/a/", &t, None).await.0, 503);
+
+    // Latency.
+    dv.admin("PUT", "/admin/faults", Some(json!({"latency_ms": 300})))
+        .await;
+    let start = Instant::now();
+    assert_eq!(dv.kv("GET", "/secrets/a/", &t, None).await.0, 200);
+    assert!(start.elapsed() >= Duration::from_millis(300));
+
+    // Dropped connections: the client sees a transport error, not a response.
+    dv.admin("PUT", "/admin/faults", Some(json!({"drop_rate": 1.0})))
+        .await;
+    let err = dv
+        .client
+        .get(format!("{}/secrets/a/?api-version=7.4", dv.origin))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .expect_err("connection is dropped");
+    assert!(
+        err.is_request() || err.is_connect() || err.to_string().contains("connection"),
+        "{err}"
+    );
+
+    // Per-identity budget.
+    dv.admin(
+        "PUT",
+        "/admin/faults",
+        Some(json!({"budget": {"requests": 2, "window_secs": 30}})),
+    )
+    .await;
+    assert_eq!(dv.kv("GET", "/secrets/a/", &t, None).await.0, 200);
+    assert_eq!(dv.kv("GET", "/secrets/a/", &t, None).await.0, 200);
+    let (s, h, _) = dv.kv_full("GET", "/secrets/a/", &t, None).await;
+    assert_eq!(s, 429);
+    let ra: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&ra), "{ra}");
+
+    // Scope "all" also throttles the token endpoint.
+    dv.admin(
+        "PUT",
+        "/admin/faults",
+        Some(json!({"rate_429": 1.0, "scope": "all"})),
+    )
+    .await;
+    let (s, _) = dv
+        .token_request(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "kvbridge-dev"),
+            ("client_secret", "kvbridge-dev-secret"),
+            ("scope", "https://vault.azure.net/.default"),
+        ])
+        .await;
+    assert_eq!(s, 429);
+
+    // Invalid configurations are refused and leave the current one in place.
+    let resp = dv
+        .client
+        .put(format!("{}/admin/faults", dv.origin))
+        .json(&json!({"rate_429": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(
+        dv.admin("GET", "/admin/faults", None).await["rate_429"],
+        1.0
+    );
+    dv.admin("PUT", "/admin/faults", Some(json!({}))).await;
+
+    // Counters: 2 successful GETs + 1 latency GET counted as GetSecret; throttled calls are not.
+    assert_eq!(dv.count("GetSecret", "a").await, 3);
+    let c = dv.admin("GET", "/admin/counters", None).await;
+    assert!(c["total"].as_u64().unwrap() >= 3);
+}
+
+#[tokio::test]
+async fn faults_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let dv = common::start_with(dir.path(), None, |o| {
+        o.faults = serde_json::from_value(json!({"rate_429": 1.0, "retry_after_secs": 7})).unwrap();
+    })
+    .await;
+    let t = dv.token("kvbridge-dev", "kvbridge-dev-secret").await;
+    let (s, h, _) = dv.kv_full("GET", "/secrets/a/", &t, None).await;
+    assert_eq!((s, h["retry-after"].to_str().unwrap()), (429, "7"));
+}
