@@ -279,13 +279,15 @@ fn bundle_of(s: &State, ctx: &Ctx, name: &str, version: Option<&str>) -> Result<
     Ok(cert_bundle(ctx, name, cv))
 }
 
-fn operation_json(ctx: &Ctx, name: &str, issuer: &str, version: &str) -> Value {
+/// A certificate operation. Creation answers `inProgress` (as Key Vault does, so SDK pollers
+/// poll once and then fetch the certificate); `GET .../pending` answers `completed`.
+fn operation_json(ctx: &Ctx, name: &str, issuer: &str, version: &str, status: &str) -> Value {
     json!({
         "id": format!("{}/certificates/{name}/pending", ctx.base),
         "issuer": {"name": issuer},
         "csr": "",
         "cancellation_requested": false,
-        "status": "completed",
+        "status": status,
         "status_details": "",
         "target": format!("{}/certificates/{name}", ctx.base),
         "request_id": version,
@@ -367,7 +369,7 @@ pub async fn create(app: &App, ctx: &Ctx, name: &str, body: Value) -> Result<Res
     };
     let op = app.with_state(|s| {
         let version = add_version(s, &ctx.vault, name, new)?;
-        Ok::<_, KvError>(operation_json(ctx, name, "Self", &version))
+        Ok::<_, KvError>(operation_json(ctx, name, "Self", &version, "inProgress"))
     })?;
     persist(app).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(op)).into_response())
@@ -392,7 +394,7 @@ pub fn operation(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> 
             .pointer("/issuer/name")
             .and_then(Value::as_str)
             .unwrap_or("Unknown");
-        Ok::<_, KvError>(operation_json(ctx, name, issuer, &cv.version))
+        Ok::<_, KvError>(operation_json(ctx, name, issuer, &cv.version, "completed"))
     })?;
     ok_json(op)
 }

@@ -423,7 +423,14 @@ async fn handle(
     if let Some(d) = app.faults.latency(true) {
         tokio::time::sleep(d).await;
     }
-    match app.faults.random_fault(true) {
+    let default_vault = app.with_state(|s| s.default_vault());
+    let vault = vault_for_host(&host, &default_vault);
+    let injected = app.faults.random_fault(true);
+    if injected.is_some() {
+        // A throttled or failed call is still a call the client made.
+        app.counters.add(op.name(), &vault, op.object());
+    }
+    match injected {
         Some(Injected::Throttle { retry_after_secs }) => {
             return Err(throttled(retry_after_secs));
         }
@@ -441,8 +448,6 @@ async fn handle(
         }
         None => {}
     }
-    let default_vault = app.with_state(|s| s.default_vault());
-    let vault = vault_for_host(&host, &default_vault);
     let claims = match authenticate(app, headers, &host) {
         Ok(c) => c,
         Err(e) => {
@@ -450,11 +455,11 @@ async fn handle(
             return Err(e);
         }
     };
+    app.counters.add(op.name(), &vault, op.object());
     if let Some(retry_after) = app.faults.over_budget(&claims.appid) {
         return Err(throttled(retry_after));
     }
     authorize(app, &vault, &op, &claims)?;
-    app.counters.add(op.name(), &vault, op.object());
     let ctx = Ctx {
         base: format!("https://{host}"),
         vault,
