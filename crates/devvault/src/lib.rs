@@ -86,6 +86,9 @@ pub struct ReadyInfo {
     pub listen: String,
     pub port: u16,
     pub ca: PathBuf,
+    /// An Azure SDK for Go cloud environment file pointing at this dev vault (for a
+    /// SecretProviderClass `cloudEnvFileName`, or the provider's default cloud file).
+    pub cloud_env_file: PathBuf,
     pub tenant: String,
     pub vaults: std::collections::BTreeMap<String, String>,
     pub default_vault: String,
@@ -198,11 +201,27 @@ pub async fn start(opts: Options) -> Result<Running, DevVaultError> {
 
     let port = addr.port();
     let default_vault = st.default_vault();
+    let cloud_env_file = dir.join("cloud.json");
+    let origin = format!("https://localhost:{port}");
+    let cloud = serde_json::json!({
+        "name": "KvbridgeDevVault",
+        "activeDirectoryEndpoint": format!("{origin}/"),
+        "keyVaultEndpoint": format!("{origin}/"),
+        "keyVaultDNSSuffix": format!("localhost:{port}"),
+        "resourceIdentifiers": {"keyVault": origin},
+    });
+    state::write_atomic(&cloud_env_file, cloud.to_string().as_bytes()).map_err(|source| {
+        DevVaultError::Ready {
+            path: cloud_env_file.clone(),
+            source,
+        }
+    })?;
     let info = ReadyInfo {
         url: format!("https://localhost:{port}"),
         listen: addr.to_string(),
         port,
         ca: tls_files.ca_cert.clone(),
+        cloud_env_file,
         tenant: st.tenant.clone(),
         vaults: st
             .vault_order

@@ -73,6 +73,7 @@ fn print_banner(info: &devvault::ReadyInfo) {
     println!("  CA certificate      {ca}");
     println!("  trust it:           export SSL_CERT_FILE={ca} REQUESTS_CA_BUNDLE={ca} NODE_EXTRA_CA_CERTS={ca}");
     println!("                      (kvbridge: --ca-file {ca}; curl: --cacert {ca})");
+    println!("  cloud env file      {}  (SecretProviderClass cloudEnvFileName / provider --cloud-env-file)", info.cloud_env_file.display());
     println!("  Entra authority     https://localhost:{port}  (token: https://localhost:{port}/{}/oauth2/v2.0/token)", info.tenant);
     println!("  get a token:        curl --cacert {ca} -d grant_type=client_credentials -d client_id={} \\", devvault::seed::DEFAULT_CLIENT_ID);
     println!(
