@@ -7,7 +7,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::json::{cert_bundle, cert_item, cert_policy, deleted_extra, page};
+use super::json::{cert_bundle, cert_item, cert_policy, deleted_extra};
 use super::keys::{generate, key_kind, key_version};
 use super::secrets::{new_attributes, parse_attributes, parse_tags, RETENTION_DAYS};
 use super::{check_name, ok_json, persist, Ctx};
@@ -417,35 +417,18 @@ pub fn policy(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
 }
 
 pub fn list(app: &App, ctx: &Ctx) -> Result<Response, KvError> {
-    let items = app.with_state(|s| {
-        s.vaults
-            .get(&ctx.vault)
-            .map(|v| {
-                v.certificates
-                    .iter()
-                    .filter_map(|(n, vs)| vs.latest().map(|l| cert_item(ctx, n, l, false)))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    });
-    ok_json(page(ctx, "/certificates", items)?)
+    super::list_latest(app, ctx, "certificates", |v| &v.certificates, cert_item)
 }
 
 pub fn list_versions(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    let items = app.with_state(|s| {
-        let vs = s
-            .vaults
-            .get(&ctx.vault)
-            .and_then(|v| v.certificates.get(name))
-            .ok_or_else(|| KvError::not_found(ObjectKind::Certificate, name))?;
-        Ok::<_, KvError>(
-            vs.versions
-                .iter()
-                .map(|c| cert_item(ctx, name, c, true))
-                .collect::<Vec<_>>(),
-        )
-    })?;
-    ok_json(page(ctx, &format!("/certificates/{name}/versions"), items)?)
+    super::list_all_versions(
+        app,
+        ctx,
+        ObjectKind::Certificate,
+        name,
+        |v| &v.certificates,
+        cert_item,
+    )
 }
 
 fn deleted_json(ctx: &Ctx, name: &str, d: &DeletedCertificate) -> Option<Value> {

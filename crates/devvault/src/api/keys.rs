@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde_json::Value;
 
-use super::json::{key_bundle, key_item, page};
+use super::json::{key_bundle, key_item};
 use super::secrets::{new_attributes, parse_attributes, parse_tags};
 use super::{check_name, ok_json, persist, Ctx};
 use crate::error::{KvError, ObjectKind};
@@ -230,33 +230,9 @@ pub fn get(app: &App, ctx: &Ctx, name: &str, version: Option<&str>) -> Result<Re
 }
 
 pub fn list(app: &App, ctx: &Ctx) -> Result<Response, KvError> {
-    let items = app.with_state(|s| {
-        s.vaults
-            .get(&ctx.vault)
-            .map(|v| {
-                v.keys
-                    .iter()
-                    .filter_map(|(n, vs)| vs.latest().map(|l| key_item(ctx, n, l, false)))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    });
-    ok_json(page(ctx, "/keys", items)?)
+    super::list_latest(app, ctx, "keys", |v| &v.keys, key_item)
 }
 
 pub fn list_versions(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    let items = app.with_state(|s| {
-        let vs = s
-            .vaults
-            .get(&ctx.vault)
-            .and_then(|v| v.keys.get(name))
-            .ok_or_else(|| KvError::not_found(ObjectKind::Key, name))?;
-        Ok::<_, KvError>(
-            vs.versions
-                .iter()
-                .map(|k| key_item(ctx, name, k, true))
-                .collect::<Vec<_>>(),
-        )
-    })?;
-    ok_json(page(ctx, &format!("/keys/{name}/versions"), items)?)
+    super::list_all_versions(app, ctx, ObjectKind::Key, name, |v| &v.keys, key_item)
 }

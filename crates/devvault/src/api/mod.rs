@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use crate::error::{KvError, ObjectKind};
 use crate::faults::Injected;
 use crate::server::App;
+use crate::state::{Vault, Versioned, Versions};
 use crate::token::{audience_matches, Claims, TokenError};
+use std::collections::BTreeMap;
 
 /// One data-plane operation, parsed from method and path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,6 +535,62 @@ pub(crate) fn check_name(kind: ObjectKind, name: &str) -> Result<(), KvError> {
             kind.noun()
         )))
     }
+}
+
+/// Lists the current version of every object of one family (`collection` is the URL segment).
+pub(crate) fn list_latest<T: Versioned>(
+    app: &App,
+    ctx: &Ctx,
+    collection: &str,
+    family: impl Fn(&Vault) -> &BTreeMap<String, Versions<T>>,
+    item: impl Fn(&Ctx, &str, &T, bool) -> serde_json::Value,
+) -> Result<Response, KvError> {
+    let items = app.with_state(|s| {
+        s.vaults
+            .get(&ctx.vault)
+            .map(|v| {
+                family(v)
+                    .iter()
+                    .filter_map(|(n, vs)| vs.latest().map(|l| item(ctx, n, l, false)))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    });
+    ok_json(json::page(ctx, &format!("/{collection}"), items)?)
+}
+
+/// Lists every version of one object.
+pub(crate) fn list_all_versions<T: Versioned>(
+    app: &App,
+    ctx: &Ctx,
+    kind: ObjectKind,
+    name: &str,
+    family: impl Fn(&Vault) -> &BTreeMap<String, Versions<T>>,
+    item: impl Fn(&Ctx, &str, &T, bool) -> serde_json::Value,
+) -> Result<Response, KvError> {
+    let items = app.with_state(|s| {
+        let vs = s
+            .vaults
+            .get(&ctx.vault)
+            .and_then(|v| family(v).get(name))
+            .ok_or_else(|| KvError::not_found(kind, name))?;
+        Ok::<_, KvError>(
+            vs.versions
+                .iter()
+                .map(|v| item(ctx, name, v, true))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    let collection = match kind {
+        ObjectKind::Secret => "secrets",
+        ObjectKind::Key => "keys",
+        ObjectKind::Certificate => "certificates",
+    };
+    ok_json(json::page(
+        ctx,
+        &format!("/{collection}/{name}/versions"),
+        items,
+    )?)
 }
 
 #[cfg(test)]

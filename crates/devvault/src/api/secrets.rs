@@ -165,35 +165,18 @@ pub fn get(app: &App, ctx: &Ctx, name: &str, version: Option<&str>) -> Result<Re
 }
 
 pub fn list(app: &App, ctx: &Ctx) -> Result<Response, KvError> {
-    let items = app.with_state(|s| {
-        s.vaults
-            .get(&ctx.vault)
-            .map(|v| {
-                v.secrets
-                    .iter()
-                    .filter_map(|(n, vs)| vs.latest().map(|l| secret_item(ctx, n, l, false)))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    });
-    ok_json(page(ctx, "/secrets", items)?)
+    super::list_latest(app, ctx, "secrets", |v| &v.secrets, secret_item)
 }
 
 pub fn list_versions(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    let items = app.with_state(|s| {
-        let vs = s
-            .vaults
-            .get(&ctx.vault)
-            .and_then(|v| v.secrets.get(name))
-            .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
-        Ok::<_, KvError>(
-            vs.versions
-                .iter()
-                .map(|sv| secret_item(ctx, name, sv, true))
-                .collect::<Vec<_>>(),
-        )
-    })?;
-    ok_json(page(ctx, &format!("/secrets/{name}/versions"), items)?)
+    super::list_all_versions(
+        app,
+        ctx,
+        ObjectKind::Secret,
+        name,
+        |v| &v.secrets,
+        secret_item,
+    )
 }
 
 pub async fn update(
