@@ -87,6 +87,10 @@ pub struct CredentialOptions {
     pub transport: Transport,
     /// IMDS endpoint override (default `http://169.254.169.254`).
     pub imds_endpoint: Option<String>,
+    /// Cloud override (e.g. from a SecretProviderClass `cloudEnvFileName`): azure.json uses its
+    /// authority instead of the file's `cloud`; the environment credential uses it when
+    /// `AZURE_AUTHORITY_HOST` is unset.
+    pub cloud: Option<Cloud>,
 }
 
 impl Default for CredentialOptions {
@@ -94,6 +98,7 @@ impl Default for CredentialOptions {
         Self {
             transport: Transport::shared_default(),
             imds_endpoint: None,
+            cloud: None,
         }
     }
 }
@@ -103,6 +108,7 @@ impl CredentialOptions {
         Self {
             transport,
             imds_endpoint: None,
+            cloud: None,
         }
     }
 }
@@ -982,7 +988,11 @@ impl EnvironmentCredential {
         let client_id =
             var("AZURE_CLIENT_ID").ok_or_else(|| unavailable("AZURE_CLIENT_ID is not set"))?;
         let tenant = var("AZURE_TENANT_ID").unwrap_or_default();
-        let authority = normalize_authority(&var("AZURE_AUTHORITY_HOST").unwrap_or_default());
+        let authority = match (var("AZURE_AUTHORITY_HOST"), &options.cloud) {
+            (Some(a), _) => normalize_authority(&a),
+            (None, Some(cloud)) => cloud.authority_host.clone(),
+            (None, None) => normalize_authority(""),
+        };
         let t = options.transport.clone();
         let inner: Arc<dyn TokenCredential> = if let Some(secret) =
             lookup("AZURE_CLIENT_SECRET").filter(|s| !s.is_empty())
@@ -1089,7 +1099,9 @@ impl AzureJsonCredential {
         };
         let b = |k: &str| v.get(k).and_then(Value::as_bool).unwrap_or(false);
         let cloud_name = s("cloud");
-        let cloud = if cloud_name.eq_ignore_ascii_case("AzureStackCloud") {
+        let cloud = if let Some(c) = &options.cloud {
+            c.clone()
+        } else if cloud_name.eq_ignore_ascii_case("AzureStackCloud") {
             match std::env::var_os("AZURE_ENVIRONMENT_FILEPATH") {
                 Some(p) => Cloud::from_env_file(Path::new(&p))?,
                 None => {
@@ -1102,14 +1114,7 @@ impl AzureJsonCredential {
         } else {
             Cloud::by_name(&cloud_name)?
         };
-        let authority = {
-            let explicit = s("activeDirectoryAuthorityHost");
-            if explicit.is_empty() {
-                cloud.authority_host.clone()
-            } else {
-                normalize_authority(&explicit)
-            }
-        };
+        let authority = cloud.authority_host.clone();
         let tenant = s("tenantId");
         let client_id = s("aadClientId");
         let secret = Zeroizing::new(s("aadClientSecret"));

@@ -1,0 +1,275 @@
+//! An in-process dev vault (real HTTPS on 127.0.0.1:0) seeded with identities for every
+//! credential mode, plus helpers to reach its admin endpoints.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use keyvault::{ClientOptions, KeyVaultClient, TokenCredential, Transport};
+use serde_json::{json, Value};
+
+pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub const CANARY_SECRET_VALUE: &str = "CANARY-SECRET-VALUE-7f3a9c";
+pub const CANARY_CLIENT_SECRET: &str = "CANARY-CLIENT-SECRET-51c2e0";
+pub const LOAD_OBJECTS: usize = 50;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub dv: Option<devvault::Running>,
+    pub port: u16,
+    pub ca: PathBuf,
+    pub tenant: String,
+    pub issuer_key: pki::PrivateKey,
+    admin: reqwest::Client,
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn jwt(alg: &str, header_extra: Value, claims: Value, key: &pki::PrivateKey) -> String {
+    let mut header = json!({"alg": alg, "typ": "JWT"});
+    for (k, v) in header_extra.as_object().unwrap() {
+        header[k] = v.clone();
+    }
+    let input = format!(
+        "{}.{}",
+        B64URL.encode(header.to_string()),
+        B64URL.encode(claims.to_string())
+    );
+    let sig = pki::jws_sign(alg, key, input.as_bytes()).unwrap();
+    format!("{input}.{}", B64URL.encode(sig))
+}
+
+fn seed(load: bool) -> String {
+    let mut secrets = format!(
+        r#"      - {{name: open, value: "open-value"}}
+      - {{name: canary, value: "{CANARY_SECRET_VALUE}"}}
+      - name: rotated
+        versions: [{{value: "v1"}}, {{value: "v2", enabled: false}}, {{value: "v3"}}]
+"#
+    );
+    if load {
+        for i in 0..LOAD_OBJECTS {
+            secrets.push_str(&format!(
+                "      - {{name: load-{i}, value: \"value-{i}\"}}\n"
+            ));
+        }
+    }
+    format!(
+        r#"
+tenant: {TENANT}
+vaults:
+  - name: kvtest
+    secrets:
+{secrets}    certificates:
+      - name: app-tls
+        generate: {{subject: "CN=app.internal", sans: [app.internal], keyType: EC, curve: P-256}}
+        contentType: application/x-pem-file
+    keys:
+      - {{name: ec-key, kty: EC, crv: P-256}}
+    accessPolicies:
+      - {{identity: full-app, secrets: [all], certificates: [all], keys: [all]}}
+      - {{identity: canary-app, secrets: [all]}}
+      - {{identity: list-only, secrets: [list]}}
+      - {{identity: node-msi, secrets: [get, list]}}
+      - {{identity: user-msi, secrets: [get, list]}}
+identities:
+  - clientId: full-app
+    secret: full-secret
+    certificates: [sp.pem]
+    federatedCredentials:
+      - issuer: https://oidc.test/cluster
+        subject: system:serviceaccount:default:app
+        issuerKey: issuer.pem
+  - clientId: canary-app
+    secret: {CANARY_CLIENT_SECRET}
+  - clientId: list-only
+    secret: list-secret
+  - clientId: node-msi
+    managedIdentity: true
+    systemAssigned: true
+  - clientId: user-msi
+    managedIdentity: true
+    objectId: 00000000-0000-0000-0000-0000000000aa
+    resourceId: /subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u
+"#
+    )
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Self::start_with(false).await
+    }
+
+    /// `load`: also seed `load-0` .. `load-49`.
+    pub async fn start_with(load: bool) -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("KV_TEST_LOG")
+                    .unwrap_or_else(|_| "off".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::tempdir().unwrap();
+        // A service principal certificate (RSA, for RS256/PS256 assertions): public part in the
+        // seed, key + cert as PEM and as PFX (empty password) for the credential.
+        let sp_key = pki::generate_key(pki::KeyKind::Rsa { bits: 2048 }).unwrap();
+        let req = pki::CertRequest {
+            subject: "CN=sp-cert".into(),
+            dns_names: vec![],
+            ip_addresses: vec![],
+            is_ca: false,
+            validity_days: 30,
+        };
+        let sp_cert = pki::self_signed(&req, &sp_key).unwrap();
+        std::fs::write(
+            dir.path().join("sp.pem"),
+            pki::pem_encode("CERTIFICATE", &sp_cert),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("sp-key-and-cert.pem"),
+            pki::bundle_to_pem(Some(&sp_key), std::slice::from_ref(&sp_cert)),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("sp.pfx"),
+            pki::build_pfx(&sp_key, std::slice::from_ref(&sp_cert)).unwrap(),
+        )
+        .unwrap();
+        let issuer_key = pki::generate_key(pki::KeyKind::Ec(pki::Curve::P256)).unwrap();
+        std::fs::write(
+            dir.path().join("issuer.pem"),
+            pki::pem_encode("PUBLIC KEY", &pki::spki_der(&issuer_key).unwrap()),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("seed.yaml"), seed(load)).unwrap();
+
+        let mut opts =
+            devvault::Options::new("127.0.0.1:0".parse().unwrap(), dir.path().join("state"));
+        opts.seed = Some(dir.path().join("seed.yaml"));
+        let running = devvault::start(opts).await.expect("dev vault starts");
+        let port = running.addr.port();
+        let ca = running.info.ca.clone();
+        let tenant = running.info.tenant.clone();
+        assert_eq!(tenant, TENANT);
+        let admin = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap(),
+            )
+            .resolve("localhost", running.addr)
+            .build()
+            .unwrap();
+        Env {
+            dir,
+            dv: Some(running),
+            port,
+            ca,
+            tenant,
+            issuer_key,
+            admin,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `https://localhost:PORT/` — the Entra stand-in's authority host.
+    pub fn authority(&self) -> String {
+        format!("https://localhost:{}/", self.port)
+    }
+
+    /// `https://localhost:PORT` — IMDS / admin origin.
+    pub fn origin(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+
+    /// The seeded vault through a `*.localhost` name (resolved by the client's own resolver).
+    pub fn vault(&self) -> String {
+        format!("https://kvtest.localhost:{}", self.port)
+    }
+
+    /// Client options trusting only the dev vault CA, with short backoff for tests.
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            ca_file: Some(self.ca.clone()),
+            use_system_roots: false,
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(2),
+            ..Default::default()
+        }
+    }
+
+    pub fn transport(&self) -> Transport {
+        Transport::new(&self.options()).unwrap()
+    }
+
+    pub fn client(&self, cred: Arc<dyn TokenCredential>) -> KeyVaultClient {
+        KeyVaultClient::new(cred, self.options()).unwrap()
+    }
+
+    pub fn federated_token(&self, sub: &str, exp: i64) -> String {
+        jwt(
+            "ES256",
+            json!({"kid": "k"}),
+            json!({"iss": "https://oidc.test/cluster", "sub": sub, "aud": ["api://AzureADTokenExchange"], "iat": now(), "nbf": now() - 5, "exp": exp}),
+            &self.issuer_key,
+        )
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .admin
+            .request(method.parse().unwrap(), format!("{}{path}", self.origin()));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        assert!(
+            resp.status().is_success(),
+            "admin {path}: {}",
+            resp.status()
+        );
+        resp.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        self.admin("PUT", "/admin/faults", Some(faults)).await;
+    }
+
+    pub async fn reset_counters(&self) {
+        self.admin("POST", "/admin/counters/reset", None).await;
+    }
+
+    /// Sum of an operation's counters (all vaults and objects).
+    pub async fn count(&self, operation: &str) -> u64 {
+        let c = self.admin("GET", "/admin/counters", None).await;
+        c["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["operation"] == operation)
+            .map(|e| e["count"].as_u64().unwrap())
+            .sum()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(dv) = self.dv.take() {
+            dv.stop().await;
+        }
+    }
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
