@@ -1,0 +1,59 @@
+//! Provider configuration (the `kvbridge provider` flags).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Per-node cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// How long a `latest` fetch (and a version listing) is reused. Default 30 s: well below the
+    /// driver's usual 2-minute rotation poll, so rotation still sees new versions.
+    pub latest_ttl: Duration,
+    /// How long an explicitly versioned object is reused (its content never changes; only its
+    /// enabled flag can). Default 10 min.
+    pub versioned_ttl: Duration,
+    /// Entry bound; beyond it expired, then oldest entries are dropped.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            latest_ttl: Duration::from_secs(30),
+            versioned_ttl: Duration::from_secs(600),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// Everything a [`crate::ProviderService`] needs.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// `--construct-pem-chain` (default true).
+    pub construct_pem_chain: bool,
+    /// `--write-cert-and-key-in-separate-files`.
+    pub write_cert_and_key_in_separate_files: bool,
+    /// Cloud environment file used when a class names neither `cloudEnvFileName` nor `cloudName`.
+    pub default_cloud_env_file: Option<PathBuf>,
+    /// IMDS endpoint for managed identity (default `http://169.254.169.254`).
+    pub imds_endpoint: Option<String>,
+    /// HTTP options: extra CA file, per-attempt timeout, retries, overall deadline, rate limit.
+    pub client: keyvault::ClientOptions,
+    /// Concurrent Key Vault requests per mount.
+    pub concurrency: usize,
+    pub cache: CacheConfig,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            construct_pem_chain: true,
+            write_cert_and_key_in_separate_files: false,
+            default_cloud_env_file: None,
+            imds_endpoint: None,
+            client: keyvault::ClientOptions::default(),
+            concurrency: mount::DEFAULT_CONCURRENCY,
+            cache: CacheConfig::default(),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Why a Mount failed, mapped once to a gRPC status at the edge.
+
+use tonic::Code;
+
+/// A failed Mount. `Display` names the parameter, object and field involved and never carries
+/// a secret value or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("failed to unmarshal attributes: {0}")]
+    Attributes(String),
+    #[error("failed to unmarshal secrets: {0}")]
+    Secrets(String),
+    #[error(
+        "failed to unmarshal file permission {0:?}: expected a decimal mode such as \"420\" (0644)"
+    )]
+    Permission(String),
+    #[error(transparent)]
+    Params(#[from] render::params::ParamError),
+    /// The identity cannot be used as configured (missing secret, missing token, pod identity).
+    #[error("{0}")]
+    Identity(String),
+    /// The cloud (cloudName / cloudEnvFileName) or client configuration is unusable.
+    #[error("{0}")]
+    Config(keyvault::Error),
+    #[error(transparent)]
+    Mount(#[from] mount::MountError),
+}
+
+impl ProviderError {
+    /// The gRPC status code for this failure.
+    pub fn code(&self) -> Code {
+        match self {
+            ProviderError::Attributes(_)
+            | ProviderError::Secrets(_)
+            | ProviderError::Permission(_)
+            | ProviderError::Params(_)
+            | ProviderError::Identity(_)
+            | ProviderError::Config(_) => Code::InvalidArgument,
+            ProviderError::Mount(m) => match m.vault_error() {
+                Some(e) => vault_code(e),
+                None => Code::FailedPrecondition,
+            },
+        }
+    }
+
+    /// The status the driver receives (and logs): the Azure provider's wording,
+    /// "failed to mount objects, error: ...".
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(
+            self.code(),
+            format!("failed to mount objects, error: {self}"),
+        )
+    }
+}
+
+/// gRPC code for a Key Vault / Entra error.
+pub fn vault_code(e: &keyvault::Error) -> Code {
+    use keyvault::Error as E;
+    match e {
+        E::NotFound { .. } => Code::NotFound,
+        E::Forbidden { .. } => Code::PermissionDenied,
+        E::Unauthorized { .. } | E::Auth { .. } | E::CredentialUnavailable { .. } => {
+            Code::Unauthenticated
+        }
+        E::Throttled { .. } => Code::ResourceExhausted,
+        E::Timeout { .. } => Code::DeadlineExceeded,
+        E::Transport { .. } => Code::Unavailable,
+        E::Http { status, .. } if *status >= 500 => Code::Unavailable,
+        E::Http { .. } | E::Config(_) => Code::InvalidArgument,
+        E::BadResponse { .. } => Code::Internal,
+    }
+}
+
+/// Metric label for a Key Vault call outcome (a fixed set).
+pub fn vault_outcome(e: &keyvault::Error) -> &'static str {
+    use keyvault::Error as E;
+    match e {
+        E::NotFound { .. } => "not_found",
+        E::Forbidden { .. } => "forbidden",
+        E::Unauthorized { .. } | E::Auth { .. } | E::CredentialUnavailable { .. } => "unauthorized",
+        E::Throttled { .. } => "throttled",
+        E::Timeout { .. } => "timeout",
+        E::Transport { .. } => "transport_error",
+        _ => "error",
+    }
+}

@@ -1,0 +1,41 @@
+//! `kvbridge-provider`: a drop-in for the Azure provider of the Kubernetes Secrets Store CSI
+//! Driver, and the legacy `azure/kv` FlexVolume driver.
+//!
+//! - [`proto`]: the driver's `v1alpha1.CSIDriverProvider` API (generated from
+//!   `proto/service.proto`, same field numbers as the driver).
+//! - [`service::ProviderService`]: `Version` and `Mount`. Mount parses the attributes with
+//!   `render::params::Parameters` (the same code as `kvbridge mount`), picks the identity
+//!   ([`identity`]), fetches through the per-node [`cache`] in front of Key Vault with
+//!   `mount::mount_files`, and returns the rendered files.
+//! - [`cache::NodeCache`]: per node, keyed by (vault, identity, object type, name, version);
+//!   concurrent identical fetches are coalesced; `latest` is reused only within a short TTL.
+//! - [`server`]: the unix-socket gRPC server (+ gRPC health), `/healthz` and `/metrics`.
+//! - [`metrics`]: Prometheus text (Key Vault latency by object type and outcome, gRPC latency by
+//!   method and code); no object names or values in labels.
+//! - [`flexvolume`]: `init` / `mount DIR JSON` / `unmount DIR`.
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod flexvolume;
+pub mod identity;
+pub mod metrics;
+pub mod server;
+pub mod service;
+
+/// The driver's provider API, `package v1alpha1`.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("v1alpha1");
+}
+
+pub use config::{CacheConfig, ProviderConfig};
+pub use error::ProviderError;
+pub use service::ProviderService;
+
+/// Runtime name returned by `Version`.
+pub const RUNTIME_NAME: &str = "kvbridge";
+/// Runtime version returned by `Version` (semver).
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The audience of the service-account token workload identity exchanges.
+pub const WORKLOAD_IDENTITY_AUDIENCE: &str = "api://AzureADTokenExchange";
