@@ -243,7 +243,7 @@ fn json_problem(e: &serde_json::Error) -> String {
 
 fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8], target: &Target) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::BadResponse {
-        target: target.clone(),
+        target: Box::new(target.clone()),
         detail: json_problem(&e),
     })
 }
@@ -251,7 +251,7 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8], target: &Target) -> Result
 /// `(name, version)` from `https://host/secrets/{name}/{version}`.
 fn name_version(id: &str, target: &Target) -> Result<(String, String), Error> {
     let bad = || Error::BadResponse {
-        target: target.clone(),
+        target: Box::new(target.clone()),
         detail: format!("unexpected object id '{}'", sanitize(id, &[])),
     };
     let url = Url::parse(id).map_err(|_| bad())?;
@@ -334,7 +334,7 @@ fn parse_challenge(headers: &HeaderMap) -> Option<(Challenge, String)> {
             .unwrap_or_default();
         let tenant = Url::parse(&authorization).ok().and_then(|u| {
             u.path_segments()
-                .and_then(|s| s.filter(|p| !p.is_empty()).last().map(str::to_string))
+                .and_then(|mut s| s.rfind(|p| !p.is_empty()).map(str::to_string))
         });
         let (scope, resource) = if let Some(scope) = params.get("scope").filter(|s| !s.is_empty()) {
             let resource = scope.strip_suffix("/.default").unwrap_or(scope).to_string();
@@ -407,7 +407,7 @@ fn error_from_response(resp: &Response, target: &Target, redact: &[&str]) -> Err
         ),
     };
     let status = resp.status;
-    let target = target.clone();
+    let target = Box::new(target.clone());
     match status {
         404 => Error::NotFound {
             target,
@@ -501,7 +501,7 @@ impl KeyVaultClient {
     fn check_resource(&self, url: &Url, resource: &str, target: &Target) -> Result<(), Error> {
         if self.inner.verify_resource && !resource_matches(url, resource) {
             return Err(Error::BadResponse {
-                target: target.clone(),
+                target: Box::new(target.clone()),
                 detail: format!(
                     "challenge resource '{resource}' does not match the vault host (set verify_challenge_resource = false to allow)"
                 ),
@@ -529,11 +529,11 @@ impl KeyVaultClient {
                     Ok(c)
                 }
                 (401, None) => Err(Error::BadResponse {
-                    target: target.clone(),
+                    target: Box::new(target.clone()),
                     detail: "401 without a Bearer challenge (WWW-Authenticate)".into(),
                 }),
                 (s, _) if (200..300).contains(&s) => Err(Error::BadResponse {
-                    target: target.clone(),
+                    target: Box::new(target.clone()),
                     detail: "the vault answered an unauthenticated request; refusing to trust it".into(),
                 }),
                 _ => Err(error_from_response(&resp, target, &[])),
@@ -636,7 +636,7 @@ impl KeyVaultClient {
             Some(Cow::Owned(s)) => Zeroizing::new(s),
             None => {
                 return Err(Error::BadResponse {
-                    target,
+                    target: Box::new(target),
                     detail: "secret without a value".into(),
                 })
             }
@@ -675,7 +675,7 @@ impl KeyVaultClient {
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .ok_or_else(|| Error::BadResponse {
-                target: target.clone(),
+                target: Box::new(target.clone()),
                 detail: "key without kid".into(),
             })?;
         let key_ops = w
@@ -690,7 +690,7 @@ impl KeyVaultClient {
             .unwrap_or_default();
         let jwk: pki::PublicJwk =
             serde_json::from_value(w.key).map_err(|e| Error::BadResponse {
-                target: target.clone(),
+                target: Box::new(target.clone()),
                 detail: format!("key is not a JWK: {}", json_problem(&e)),
             })?;
         let (name, version) = name_version(&kid, &target)?;
@@ -730,7 +730,7 @@ impl KeyVaultClient {
                     .decode(w.cer.trim().trim_end_matches('='))
             })
             .map_err(|_| Error::BadResponse {
-                target: target.clone(),
+                target: Box::new(target.clone()),
                 detail: "certificate 'cer' is not base64".into(),
             })?;
         let (name, version) = name_version(&w.id, &target)?;
@@ -802,13 +802,13 @@ impl KeyVaultClient {
                 }
                 Some(link) => {
                     let next = Url::parse(&link).map_err(|_| Error::BadResponse {
-                        target: target.clone(),
+                        target: Box::new(target.clone()),
                         detail: "nextLink is not a URL".into(),
                     })?;
                     // Never send the token anywhere but the vault.
                     if next.origin().ascii_serialization() != origin {
                         return Err(Error::BadResponse {
-                            target: target.clone(),
+                            target: Box::new(target.clone()),
                             detail: format!(
                                 "nextLink points to another origin ({})",
                                 next.origin().ascii_serialization()
@@ -824,7 +824,7 @@ impl KeyVaultClient {
             }
         }
         Err(Error::BadResponse {
-            target,
+            target: Box::new(target),
             detail: "too many pages".into(),
         })
     }

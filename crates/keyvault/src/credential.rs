@@ -233,7 +233,7 @@ pub(crate) fn parse_token_response(
     }
     let Some(v) = v else {
         return Err(Error::BadResponse {
-            target: target.clone(),
+            target: Box::new(target.clone()),
             detail: format!("HTTP {} with a body that is not JSON", resp.status),
         });
     };
@@ -243,7 +243,7 @@ pub(crate) fn parse_token_response(
         .filter(|t| !t.is_empty())
     else {
         return Err(Error::BadResponse {
-            target: target.clone(),
+            target: Box::new(target.clone()),
             detail: "token response without access_token".into(),
         });
     };

@@ -64,7 +64,7 @@ pub enum Error {
     /// 404: the object, version or vault path does not exist.
     #[error("{target}: not found (HTTP {status} {code}: {message})")]
     NotFound {
-        target: Target,
+        target: Box<Target>,
         status: u16,
         code: String,
         message: String,
@@ -72,7 +72,7 @@ pub enum Error {
     /// 403: the identity lacks permission, or the version is disabled.
     #[error("{target}: forbidden (HTTP {status} {code}: {message})")]
     Forbidden {
-        target: Target,
+        target: Box<Target>,
         status: u16,
         code: String,
         message: String,
@@ -80,7 +80,7 @@ pub enum Error {
     /// 401 after one token refresh.
     #[error("{target}: unauthorized after token refresh (HTTP {status} {code}: {message})")]
     Unauthorized {
-        target: Target,
+        target: Box<Target>,
         status: u16,
         code: String,
         message: String,
@@ -88,7 +88,7 @@ pub enum Error {
     /// 429 (or a retryable 5xx) still returned when retries or the deadline ran out.
     #[error("{target}: throttled, gave up after {attempts} attempt(s){} (HTTP {status} {code}: {message})", fmt_retry_after(.retry_after))]
     Throttled {
-        target: Target,
+        target: Box<Target>,
         status: u16,
         code: String,
         message: String,
@@ -98,7 +98,7 @@ pub enum Error {
     /// Any other HTTP failure (400 BadParameter, 409, 5xx after retries, ...).
     #[error("{target}: HTTP {status} {code}: {message}{}", fmt_attempts(*.attempts))]
     Http {
-        target: Target,
+        target: Box<Target>,
         status: u16,
         code: String,
         message: String,
@@ -119,7 +119,7 @@ pub enum Error {
     /// The overall deadline passed (including retries and rate-limit waits).
     #[error("{target}: deadline of {deadline:?} exceeded after {attempts} attempt(s); last error: {last}")]
     Timeout {
-        target: Target,
+        target: Box<Target>,
         deadline: Duration,
         attempts: u32,
         last: String,
@@ -127,13 +127,13 @@ pub enum Error {
     /// Connection, TLS or I/O failure after retries.
     #[error("{target}: transport error after {attempts} attempt(s): {detail}")]
     Transport {
-        target: Target,
+        target: Box<Target>,
         attempts: u32,
         detail: String,
     },
     /// The server answered something this client cannot understand.
     #[error("{target}: bad response: {detail}")]
-    BadResponse { target: Target, detail: String },
+    BadResponse { target: Box<Target>, detail: String },
     /// Bad input: a vault URL, an object name, a cloud name, a credential file.
     #[error("invalid configuration: {0}")]
     Config(String),

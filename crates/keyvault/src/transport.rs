@@ -459,7 +459,7 @@ impl Transport {
         let start = Instant::now();
         let deadline = start + o.deadline;
         let timeout_err = |attempts: u32, last: String| Error::Timeout {
-            target: target.clone(),
+            target: Box::new(target.clone()),
             deadline: o.deadline,
             attempts,
             last,
@@ -552,7 +552,7 @@ impl Transport {
                 return match last {
                     Last::Response(r) => Ok(r),
                     Last::Transport(detail) => Err(Error::Transport {
-                        target: target.clone(),
+                        target: Box::new(target.clone()),
                         attempts: attempt,
                         detail,
                     }),
