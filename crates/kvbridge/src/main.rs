@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run a Key Vault + Entra ID compatible HTTPS dev server (local development and tests).
     DevVault(cmd::dev_vault::Args),
+    /// Write a SecretProviderClass's Key Vault objects into a directory, once or kept in sync.
+    Mount(cmd::mount::Args),
 }
 
 fn init_tracing() {
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::DevVault(args) => cmd::dev_vault::run(args).await,
+            Command::Mount(args) => cmd::mount::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,323 @@
+//! `kvbridge mount`: a SecretProviderClass's objects written to a directory, once or kept in
+//! sync (`--watch`), optionally from an embedded dev vault (`--dev-vault SEED`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use keyvault::{ClientOptions, Cloud, KeyVaultClient, TokenCredential, Transport};
+use render::params::{IdentityMode, Parameters};
+use render::render::RenderOptions;
+use render::writer::AtomicWriter;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// SecretProviderClass manifest (provider azure), or a YAML map of just its parameters.
+    #[arg(long)]
+    class: PathBuf,
+    /// Directory to write the files into (created if missing; kubelet-style atomic layout).
+    #[arg(long)]
+    target: PathBuf,
+    /// Keep the directory in sync: re-read the vault every --interval (rotation).
+    #[arg(long)]
+    watch: bool,
+    /// Re-read interval with --watch, e.g. 30s, 2m, 1h.
+    #[arg(long, default_value = "2m", value_parser = crate::cmd::parse_duration)]
+    interval: Duration,
+    /// Vault URL to use instead of the one derived from keyvaultName and the cloud.
+    #[arg(long)]
+    vault_url: Option<String>,
+    /// PEM file of CA certificates to trust for the vault and token endpoints.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Entra authority host (default: from the class's cloud; env AZURE_AUTHORITY_HOST).
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    authority_host: Option<String>,
+    /// Managed identity endpoint (default: IMDS at 169.254.169.254).
+    #[arg(long)]
+    imds_endpoint: Option<String>,
+    /// Start an embedded dev vault seeded from this file and mount from it.
+    #[arg(long, value_name = "SEED")]
+    dev_vault: Option<PathBuf>,
+    /// State directory of the embedded dev vault.
+    #[arg(long, default_value = ".dev-vault")]
+    dev_vault_state: PathBuf,
+    /// Default file mode (octal) for objects without filePermission.
+    #[arg(long, default_value = "0644", value_parser = parse_mode)]
+    permission: u32,
+    /// Order PEM chains leaf -> intermediates -> root (the Azure provider's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    construct_pem_chain: bool,
+    /// Also write <name>.crt and <name>.key for certificate secrets.
+    #[arg(long)]
+    write_cert_and_key_in_separate_files: bool,
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    render::params::parse_octal_mode(s)
+}
+
+/// Where the vault and Entra ID are, and whom to trust.
+struct Endpoints {
+    vault_url: String,
+    authority_host: String,
+    ca_file: Option<PathBuf>,
+    imds_endpoint: Option<String>,
+    /// Embedded dev vault: default identity when none is configured.
+    dev: bool,
+}
+
+fn cloud_for(params: &Parameters, class_dir: &Path) -> anyhow::Result<Cloud> {
+    match &params.cloud_env_file_name {
+        Some(f) => {
+            let path = class_dir.join(f);
+            Cloud::from_env_file(&path)
+                .with_context(|| format!("cloudEnvFileName {}", path.display()))
+        }
+        None => Cloud::by_name(params.cloud.name()).context("cloudName"),
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn credential(
+    params: &Parameters,
+    ep: &Endpoints,
+    transport: &Transport,
+) -> anyhow::Result<Arc<dyn TokenCredential>> {
+    let tenant = params
+        .tenant_id
+        .clone()
+        .or_else(|| env("AZURE_TENANT_ID"))
+        .context("tenantID is missing from the class parameters (or set AZURE_TENANT_ID)")?;
+    let authority = ep.authority_host.as_str();
+    Ok(match params.identity() {
+        IdentityMode::PodIdentity => bail!(
+            "usePodIdentity: AAD Pod Identity is retired and not supported; use workload identity (clientID) or useVMManagedIdentity"
+        ),
+        IdentityMode::VmManagedIdentity { user_assigned_identity_id } => {
+            let id = match user_assigned_identity_id {
+                Some(id) => keyvault::ManagedIdentityId::ClientId(id),
+                None => keyvault::ManagedIdentityId::System,
+            };
+            Arc::new(
+                keyvault::ManagedIdentityCredential::new(ep.imds_endpoint.as_deref(), id)?
+                    .with_transport(transport.clone()),
+            )
+        }
+        IdentityMode::WorkloadIdentity { client_id } => {
+            let file = env("AZURE_FEDERATED_TOKEN_FILE").context(
+                "clientID selects workload identity: set AZURE_FEDERATED_TOKEN_FILE to the service account token file",
+            )?;
+            Arc::new(
+                keyvault::WorkloadIdentityCredential::from_token_file(
+                    authority,
+                    &tenant,
+                    &client_id,
+                    Path::new(&file),
+                )
+                .with_transport(transport.clone()),
+            )
+        }
+        IdentityMode::ServicePrincipal => {
+            let client_id = env("AZURE_CLIENT_ID");
+            match (client_id, env("AZURE_CLIENT_SECRET"), env("AZURE_CLIENT_CERTIFICATE_PATH")) {
+                (Some(id), Some(secret), _) => Arc::new(
+                    keyvault::ClientSecretCredential::new(authority, &tenant, &id, secret)
+                        .with_transport(transport.clone()),
+                ),
+                (Some(id), None, Some(cert)) => {
+                    let password = env("AZURE_CLIENT_CERTIFICATE_PASSWORD");
+                    Arc::new(
+                        keyvault::ClientCertificateCredential::from_file(
+                            authority,
+                            &tenant,
+                            &id,
+                            Path::new(&cert),
+                            password.as_deref(),
+                        )?
+                        .with_transport(transport.clone()),
+                    )
+                }
+                (None, _, _) if ep.dev => Arc::new(
+                    keyvault::ClientSecretCredential::new(
+                        authority,
+                        &tenant,
+                        devvault::seed::DEFAULT_CLIENT_ID,
+                        devvault::seed::DEFAULT_CLIENT_SECRET,
+                    )
+                    .with_transport(transport.clone()),
+                ),
+                _ => bail!(
+                    "no identity: set AZURE_CLIENT_ID with AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH, or use useVMManagedIdentity / clientID in the class"
+                ),
+            }
+        }
+    })
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.class)
+        .with_context(|| format!("cannot read --class {}", args.class.display()))?;
+    let class = render::manifest::parse_class(&text).with_context(|| {
+        format!(
+            "{} is not a usable SecretProviderClass",
+            args.class.display()
+        )
+    })?;
+    let params = class.parameters;
+    let class_dir = args
+        .class
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+
+    // The embedded dev vault, when asked for, lives as long as this command.
+    let mut dev = None;
+    if let Some(seed) = &args.dev_vault {
+        let mut opts = devvault::Options::new("127.0.0.1:0".parse()?, &args.dev_vault_state);
+        opts.seed = Some(seed.clone());
+        let running = devvault::start(opts)
+            .await
+            .context("the embedded dev vault could not start")?;
+        eprintln!(
+            "embedded dev vault on {} (state {}, CA {})",
+            running.info.url,
+            args.dev_vault_state.display(),
+            running.info.ca.display()
+        );
+        dev = Some(running);
+    }
+    let ep = match &dev {
+        Some(d) => Endpoints {
+            vault_url: args.vault_url.clone().unwrap_or_else(|| {
+                format!(
+                    "https://{}.localhost:{}",
+                    params.keyvault_name.to_ascii_lowercase(),
+                    d.info.port
+                )
+            }),
+            authority_host: args
+                .authority_host
+                .clone()
+                .unwrap_or_else(|| d.info.url.clone()),
+            ca_file: Some(args.ca_file.clone().unwrap_or_else(|| d.info.ca.clone())),
+            imds_endpoint: args
+                .imds_endpoint
+                .clone()
+                .or_else(|| Some(d.info.url.clone())),
+            dev: true,
+        },
+        None => {
+            let cloud = cloud_for(&params, &class_dir)?;
+            Endpoints {
+                vault_url: args
+                    .vault_url
+                    .clone()
+                    .unwrap_or_else(|| cloud.vault_url(&params.keyvault_name)),
+                authority_host: args
+                    .authority_host
+                    .clone()
+                    .unwrap_or_else(|| cloud.authority_host.clone()),
+                ca_file: args.ca_file.clone(),
+                imds_endpoint: args.imds_endpoint.clone(),
+                dev: false,
+            }
+        }
+    };
+    let options = ClientOptions {
+        ca_file: ep.ca_file.clone(),
+        ..ClientOptions::default()
+    };
+    // One transport (connection pool, CA trust, retries) for the vault and the token endpoints.
+    let transport = Transport::new(&options).context("cannot build the HTTPS client")?;
+    let credential = credential(&params, &ep, &transport)?;
+    let client = KeyVaultClient::with_transport(credential, transport);
+    let source = mount::VaultSource::new(client, ep.vault_url.clone());
+    let render_opts = RenderOptions {
+        construct_pem_chain: args.construct_pem_chain,
+        write_cert_and_key_in_separate_files: args.write_cert_and_key_in_separate_files,
+        default_file_mode: args.permission,
+    };
+    std::fs::create_dir_all(&args.target)
+        .with_context(|| format!("cannot create --target {}", args.target.display()))?;
+    let writer = AtomicWriter::new(&args.target);
+    writer
+        .cleanup()
+        .context("cleaning up the target directory")?;
+
+    let once = || async {
+        let rendered = mount::mount_files(
+            &source,
+            &params.objects,
+            &render_opts,
+            mount::DEFAULT_CONCURRENCY,
+        )
+        .await?;
+        let outcome = writer.write(&rendered.files)?;
+        anyhow::Ok((rendered, outcome))
+    };
+    let (rendered, _) = once()
+        .await
+        .with_context(|| format!("mount from {} failed; nothing was written", ep.vault_url))?;
+    println!(
+        "mounted {} objects ({} files) from {} into {}",
+        params.objects.len(),
+        rendered.files.len(),
+        ep.vault_url,
+        args.target.display()
+    );
+    for v in &rendered.versions {
+        println!("  {:<40} {}", v.id, v.version);
+    }
+    for f in &rendered.files {
+        println!(
+            "  {}  {:o}  {} bytes",
+            args.target.join(&f.path).display(),
+            f.mode,
+            f.contents.len()
+        );
+    }
+    if !args.watch {
+        if let Some(d) = dev {
+            d.stop().await;
+        }
+        return Ok(());
+    }
+    let mut last: Vec<(String, String)> = rendered
+        .versions
+        .iter()
+        .map(|v| (v.id.clone(), v.version.clone()))
+        .collect();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(args.interval) => {}
+        }
+        match once().await {
+            Ok((rendered, outcome)) => {
+                let now: Vec<(String, String)> = rendered
+                    .versions
+                    .iter()
+                    .map(|v| (v.id.clone(), v.version.clone()))
+                    .collect();
+                if outcome.changed {
+                    for (id, version) in now.iter().filter(|x| !last.contains(x)) {
+                        tracing::info!(object = %id, %version, "object changed; directory updated");
+                    }
+                }
+                last = now;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "refresh failed; keeping the last good files")
+            }
+        }
+    }
+    if let Some(d) = dev {
+        d.stop().await;
+    }
+    Ok(())
+}

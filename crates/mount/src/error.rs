@@ -1,0 +1,40 @@
+use render::render::FetchKey;
+
+/// Why a mount failed. Display names the object (type/name/version) and never carries values.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{}: {source}", describe(.key))]
+    Vault {
+        key: FetchKey,
+        #[source]
+        source: keyvault::Error,
+    },
+    #[error("listing versions of {kind}/{name}: {source}")]
+    Versions {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: keyvault::Error,
+    },
+    #[error(transparent)]
+    Render(#[from] render::render::RenderError),
+}
+
+impl MountError {
+    /// The Key Vault error behind this failure, if any.
+    pub fn vault_error(&self) -> Option<&keyvault::Error> {
+        match self {
+            MountError::Vault { source, .. } | MountError::Versions { source, .. } => Some(source),
+            MountError::Render(_) => None,
+        }
+    }
+}
+
+fn describe(key: &FetchKey) -> String {
+    format!(
+        "{}/{} (version {})",
+        key.object_type.as_str(),
+        key.name,
+        key.version.as_deref().unwrap_or("latest")
+    )
+}
