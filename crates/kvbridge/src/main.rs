@@ -21,6 +21,10 @@ enum Command {
     DevVault(cmd::dev_vault::Args),
     /// Write a SecretProviderClass's Key Vault objects into a directory, once or kept in sync.
     Mount(cmd::mount::Args),
+    /// Serve the Secrets Store CSI Driver provider API (drop-in for the Azure provider).
+    Provider(cmd::provider::Args),
+    /// The azure/kv FlexVolume driver: init | mount DIR JSON | unmount DIR.
+    Flexvolume(cmd::flexvolume::Args),
 }
 
 fn init_tracing() {
@@ -52,6 +56,8 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::DevVault(args) => cmd::dev_vault::run(args).await,
             Command::Mount(args) => cmd::mount::run(args).await,
+            Command::Provider(args) => cmd::provider::run(args).await,
+            Command::Flexvolume(args) => cmd::flexvolume::run(args).await,
         }
     });
     match result {

@@ -1,7 +1,9 @@
 //! One module per subcommand: flags, then a call into the library crate that does the work.
 
 pub mod dev_vault;
+pub mod flexvolume;
 pub mod mount;
+pub mod provider;
 
 /// Parses durations like `500ms`, `30s`, `2m`, `1h` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
