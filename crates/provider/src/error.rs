@@ -15,15 +15,34 @@ pub enum ProviderError {
     )]
     Permission(String),
     #[error(transparent)]
-    Params(#[from] render::params::ParamError),
+    Params(Box<render::params::ParamError>),
     /// The identity cannot be used as configured (missing secret, missing token, pod identity).
     #[error("{0}")]
     Identity(String),
     /// The cloud (cloudName / cloudEnvFileName) or client configuration is unusable.
     #[error("{0}")]
-    Config(keyvault::Error),
+    Config(Box<keyvault::Error>),
     #[error(transparent)]
-    Mount(#[from] mount::MountError),
+    Mount(Box<mount::MountError>),
+}
+
+impl From<render::params::ParamError> for ProviderError {
+    fn from(e: render::params::ParamError) -> Self {
+        ProviderError::Params(Box::new(e))
+    }
+}
+
+impl From<mount::MountError> for ProviderError {
+    fn from(e: mount::MountError) -> Self {
+        ProviderError::Mount(Box::new(e))
+    }
+}
+
+impl ProviderError {
+    /// A configuration error (cloud, CA file, identity endpoint).
+    pub fn config(e: keyvault::Error) -> Self {
+        ProviderError::Config(Box::new(e))
+    }
 }
 
 impl ProviderError {

@@ -83,10 +83,19 @@ pub enum FlexError {
     #[error("validation failed, {0}")]
     Validation(String),
     #[error(transparent)]
-    Provider(#[from] ProviderError),
+    Provider(Box<ProviderError>),
     #[error("{path}: {detail}")]
     Io { path: PathBuf, detail: String },
 }
+
+impl From<ProviderError> for FlexError {
+    fn from(e: ProviderError) -> Self {
+        FlexError::Provider(Box::new(e))
+    }
+}
+
+/// SecretProviderClass parameters and node-publish secrets.
+pub type Translated = (BTreeMap<String, String>, BTreeMap<String, String>);
 
 /// Node settings for the driver (from the environment).
 #[derive(Debug, Clone, Default)]
@@ -119,9 +128,7 @@ fn split_list(s: &str) -> Vec<String> {
 }
 
 /// Legacy options -> (SecretProviderClass parameters, node-publish secrets).
-pub fn translate(
-    options: &BTreeMap<String, Value>,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), FlexError> {
+pub fn translate(options: &BTreeMap<String, Value>) -> Result<Translated, FlexError> {
     let get = |k: &str| -> String {
         match options.get(k) {
             Some(Value::String(s)) => s.trim().to_string(),

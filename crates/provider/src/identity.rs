@@ -241,7 +241,7 @@ impl Identity {
             }),
             Identity::Managed { id, .. } => Arc::new(
                 keyvault::ManagedIdentityCredential::new(imds_endpoint, id.clone())
-                    .map_err(ProviderError::Config)?
+                    .map_err(ProviderError::config)?
                     .with_transport(transport.clone()),
             ),
         })

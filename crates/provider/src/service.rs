@@ -74,7 +74,7 @@ pub fn parse_permission(s: &str) -> Result<u32, ProviderError> {
 
 impl ProviderService {
     pub fn new(config: ProviderConfig, metrics: Arc<Metrics>) -> Result<Self, ProviderError> {
-        let transport = Transport::new(&config.client).map_err(ProviderError::Config)?;
+        let transport = Transport::new(&config.client).map_err(ProviderError::config)?;
         let cache = Arc::new(NodeCache::new(config.cache.clone(), metrics.clone()));
         Ok(Self {
             config,
@@ -109,21 +109,21 @@ impl ProviderService {
         attrs: &BTreeMap<String, String>,
     ) -> Result<Cloud, ProviderError> {
         if let Some(file) = &params.cloud_env_file_name {
-            return Cloud::from_env_file(Path::new(file)).map_err(ProviderError::Config);
+            return Cloud::from_env_file(Path::new(file)).map_err(ProviderError::config);
         }
         let named = attrs
             .get("cloudName")
             .map(|s| s.trim())
             .filter(|s| !s.is_empty());
         if let (None, Some(file)) = (named, &self.config.default_cloud_env_file) {
-            return Cloud::from_env_file(file).map_err(ProviderError::Config);
+            return Cloud::from_env_file(file).map_err(ProviderError::config);
         }
         if params.cloud == render::params::Cloud::AzureStackCloud {
-            return Err(ProviderError::Config(keyvault::Error::Config(
+            return Err(ProviderError::config(keyvault::Error::Config(
                 "cloudName AzureStackCloud needs cloudEnvFileName (the Azure environment JSON file on the node)".into(),
             )));
         }
-        Cloud::by_name(params.cloud.name()).map_err(ProviderError::Config)
+        Cloud::by_name(params.cloud.name()).map_err(ProviderError::config)
     }
 
     fn client_for(
