@@ -6,8 +6,9 @@ use render::render::{needed_fetches, render, ObjectPlan, RenderOptions, Rendered
 
 use crate::{MountError, Source};
 
-/// Concurrent Key Vault requests per mount.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Concurrent Key Vault requests per mount: a 100-object mount takes two vault round trips,
+/// far below Key Vault's 4,000 requests per 10 s per vault.
+pub const DEFAULT_CONCURRENCY: usize = 64;
 
 /// Lists versions (history objects) and fetches every needed object, `concurrency` at a time.
 /// Identical fetches (two objects naming the same secret) are made once.

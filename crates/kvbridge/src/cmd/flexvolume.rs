@@ -11,7 +11,8 @@ pub struct Args {
 
 /// Prints the status and returns an error (exit 1) unless it is Success.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let status = provider::flexvolume::run(&args.call, &provider::flexvolume::FlexEnv::from_env()).await;
+    let status =
+        provider::flexvolume::run(&args.call, &provider::flexvolume::FlexEnv::from_env()).await;
     println!("{}", status.to_json());
     if status.exit_code() != 0 {
         anyhow::bail!("{}", status.message.as_deref().unwrap_or(status.status));

@@ -22,8 +22,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (use ms, s, m or h)")),
     };
-    if secs <= 0.0 || !secs.is_finite() {
-        return Err(format!("'{s}' must be positive"));
+    if secs < 0.0 || !secs.is_finite() {
+        return Err(format!("'{s}' must not be negative"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
 }
@@ -40,6 +40,7 @@ mod tests {
         );
         assert_eq!(super::parse_duration("10"), Ok(Duration::from_secs(10)));
         assert!(super::parse_duration("2d").is_err());
-        assert!(super::parse_duration("0s").is_err());
+        assert_eq!(super::parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(super::parse_duration("-1s").is_err());
     }
 }

@@ -160,6 +160,9 @@ fn credential(
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.watch && args.interval.is_zero() {
+        bail!("--interval must be longer than 0 with --watch");
+    }
     let text = std::fs::read_to_string(&args.class)
         .with_context(|| format!("cannot read --class {}", args.class.display()))?;
     let class = render::manifest::parse_class(&text).with_context(|| {
