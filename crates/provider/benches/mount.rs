@@ -192,17 +192,18 @@ async fn main() {
                 .sum::<u64>()
         }
     };
+    // Like the CSI driver, one gRPC connection to the provider carries every concurrent Mount.
     async fn burst(socket: &Path, n_mounts: usize, n_objects: usize, sp: &str) -> Duration {
         let a = attrs(&objects_n(n_objects), &[]);
+        let shared = connect(socket).await;
         let t = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..n_mounts {
-            let socket = socket.to_path_buf();
+            let mut c = shared.clone();
             let mut a = a.clone();
             a.insert("csi.storage.k8s.io/pod.name".into(), format!("pod-{i}"));
             let req = request(&a, sp, "420");
             tasks.push(tokio::spawn(async move {
-                let mut c = connect(&socket).await;
                 mount(&mut c, req).await.map(|r| r.files.len())
             }));
         }

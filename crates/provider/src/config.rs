@@ -27,6 +27,9 @@ impl Default for CacheConfig {
 }
 
 /// Everything a [`crate::ProviderService`] needs.
+/// Default for [`ProviderConfig::max_concurrent_mounts`].
+pub const DEFAULT_MAX_CONCURRENT_MOUNTS: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
     /// `--construct-pem-chain` (default true).
@@ -41,6 +44,9 @@ pub struct ProviderConfig {
     pub client: keyvault::ClientOptions,
     /// Concurrent Key Vault requests per mount.
     pub concurrency: usize,
+    /// Mounts processed at once; more wait their turn. Bounds memory when many pods start
+    /// together (each mount holds its objects and rendered files until it answers).
+    pub max_concurrent_mounts: usize,
     pub cache: CacheConfig,
 }
 
@@ -53,6 +59,7 @@ impl Default for ProviderConfig {
             imds_endpoint: None,
             client: keyvault::ClientOptions::default(),
             concurrency: mount::DEFAULT_CONCURRENCY,
+            max_concurrent_mounts: DEFAULT_MAX_CONCURRENT_MOUNTS,
             cache: CacheConfig::default(),
         }
     }

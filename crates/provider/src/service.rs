@@ -33,6 +33,7 @@ pub struct ProviderService {
     cache: Arc<NodeCache>,
     metrics: Arc<Metrics>,
     clients: Mutex<HashMap<String, Pooled>>,
+    mounts: tokio::sync::Semaphore,
 }
 
 /// A mount's decoded request.
@@ -76,7 +77,9 @@ impl ProviderService {
     pub fn new(config: ProviderConfig, metrics: Arc<Metrics>) -> Result<Self, ProviderError> {
         let transport = Transport::new(&config.client).map_err(ProviderError::config)?;
         let cache = Arc::new(NodeCache::new(config.cache.clone(), metrics.clone()));
+        let mounts = tokio::sync::Semaphore::new(config.max_concurrent_mounts.max(1));
         Ok(Self {
+            mounts,
             config,
             transport,
             cache,
@@ -181,6 +184,8 @@ impl ProviderService {
 
     /// A Mount, start to end; errors carry the context the driver will log.
     pub async fn mount(&self, req: &MountRequest) -> Result<MountResponse, ProviderError> {
+        // Never closed, so acquire only fails if it were; then run unbounded rather than fail.
+        let _permit = self.mounts.acquire().await.ok();
         let d = Self::decode(req)?;
         let params = Parameters::parse(&d.attrs)?;
         let identity = Identity::select(&params, &d.attrs, &d.secrets)?;

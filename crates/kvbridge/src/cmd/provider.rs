@@ -52,6 +52,9 @@ pub struct Args {
     /// Bound on node cache entries.
     #[arg(long, default_value_t = 10_000)]
     cache_max_entries: usize,
+    /// Mounts processed at once (more wait their turn; bounds memory when many pods start).
+    #[arg(long, default_value_t = provider::config::DEFAULT_MAX_CONCURRENT_MOUNTS)]
+    max_concurrent_mounts: usize,
     /// Concurrent Key Vault requests per mount.
     #[arg(long, default_value_t = mount::DEFAULT_CONCURRENCY)]
     concurrency: usize,
@@ -78,6 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         default_cloud_env_file: args.cloud_env_file.clone(),
         imds_endpoint: args.imds_endpoint.clone(),
         concurrency: args.concurrency.max(1),
+        max_concurrent_mounts: args.max_concurrent_mounts.max(1),
         cache: CacheConfig {
             latest_ttl: args.cache_ttl,
             versioned_ttl: args.cache_ttl_versioned,
