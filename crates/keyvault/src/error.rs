@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::ObjectKind;
 
-/// What a failed call was about: "secret 'db' (latest) in https://v.vault.azure.net".
+/// What a failed call was about: "secret 'db' (latest) in `https://v.vault.azure.net`".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub vault: String,
