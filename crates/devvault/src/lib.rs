@@ -210,12 +210,12 @@ pub async fn start(opts: Options) -> Result<Running, DevVaultError> {
         "keyVaultDNSSuffix": format!("localhost:{port}"),
         "resourceIdentifiers": {"keyVault": origin},
     });
-    state::write_atomic(&cloud_env_file, cloud.to_string().as_bytes()).map_err(|source| {
-        DevVaultError::Ready {
+    state::write_atomic_mode(&cloud_env_file, cloud.to_string().as_bytes(), 0o644).map_err(
+        |source| DevVaultError::Ready {
             path: cloud_env_file.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     let info = ReadyInfo {
         url: format!("https://localhost:{port}"),
         listen: addr.to_string(),
@@ -251,9 +251,11 @@ pub async fn start(opts: Options) -> Result<Running, DevVaultError> {
     ));
     let ready_path = dir.join("ready.json");
     let ready = serde_json::to_vec_pretty(&info).unwrap_or_default();
-    state::write_atomic(&ready_path, &ready).map_err(|source| DevVaultError::Ready {
-        path: ready_path,
-        source,
+    state::write_atomic_mode(&ready_path, &ready, 0o644).map_err(|source| {
+        DevVaultError::Ready {
+            path: ready_path,
+            source,
+        }
     })?;
     Ok(Running {
         addr,

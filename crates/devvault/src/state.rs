@@ -318,8 +318,13 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, fsync
-/// of the directory. Readers see the old or the new content, never a mix.
+/// of the directory. Readers see the old or the new content, never a mix. Mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] with the file mode given (e.g. 0644 for files that hold nothing secret).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let file_name = path
         .file_name()
@@ -335,8 +340,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         }
+        #[cfg(not(unix))]
+        let _ = mode;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);

@@ -64,18 +64,12 @@ fn read(path: &Path) -> Result<Option<String>, TlsError> {
 }
 
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), TlsError> {
-    crate::state::write_atomic(path, text.as_bytes()).map_err(|source| TlsError::Io {
+    let mode = if secret { 0o600 } else { 0o644 };
+    crate::state::write_atomic_mode(path, text.as_bytes(), mode).map_err(|source| TlsError::Io {
         action: "write",
         path: path.to_path_buf(),
         source,
-    })?;
-    #[cfg(unix)]
-    if !secret {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
-    }
-    let _ = secret;
-    Ok(())
+    })
 }
 
 /// The host names and addresses the server certificate must cover.
