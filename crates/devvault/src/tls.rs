@@ -233,11 +233,13 @@ fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError
         .map_err(|e| bad(&files.ca_key, "private key")(e.to_string()))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
         .map_err(|e| bad(&files.ca_cert, "CA certificate")(e.to_string()))?;
+    let default_names = dns_names(&cert);
     let default = certified_key(cert, ca.clone(), key)?;
     let resolver = SniResolver {
         issuer,
         ca_der: ca,
         default,
+        default_names,
         issued: Mutex::new(HashMap::new()),
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -247,6 +249,23 @@ fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+fn dns_names(cert_der: &[u8]) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return Vec::new();
+    };
+    let Ok(Some(ext)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn certified_key(cert: Vec<u8>, ca: Vec<u8>, key: Vec<u8>) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -265,6 +284,8 @@ struct SniResolver {
     issuer: Issuer<'static, KeyPair>,
     ca_der: Vec<u8>,
     default: Arc<CertifiedKey>,
+    /// DNS names of the default certificate, read once.
+    default_names: Vec<String>,
     issued: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
@@ -276,18 +297,9 @@ impl std::fmt::Debug for SniResolver {
 
 impl SniResolver {
     fn covered_by_default(&self, name: &str) -> bool {
-        let Some(cert) = self.default.cert.first() else {
-            return false;
-        };
-        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-            return false;
-        };
-        let Ok(Some(ext)) = parsed.subject_alternative_name() else {
-            return false;
-        };
-        ext.value.general_names.iter().any(|g| {
-            matches!(g, x509_parser::extensions::GeneralName::DNSName(d) if d.eq_ignore_ascii_case(name))
-        })
+        self.default_names
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(name))
     }
 
     fn issue_for(&self, name: &str) -> Result<Arc<CertifiedKey>, TlsError> {
