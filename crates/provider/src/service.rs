@@ -34,6 +34,8 @@ pub struct ProviderService {
     metrics: Arc<Metrics>,
     clients: Mutex<HashMap<String, Pooled>>,
     mounts: tokio::sync::Semaphore,
+    /// The node's default cloud environment file, read once at start.
+    default_cloud: Option<Cloud>,
 }
 
 /// A mount's decoded request.
@@ -78,8 +80,13 @@ impl ProviderService {
         let transport = Transport::new(&config.client).map_err(ProviderError::config)?;
         let cache = Arc::new(NodeCache::new(config.cache.clone(), metrics.clone()));
         let mounts = tokio::sync::Semaphore::new(config.max_concurrent_mounts.max(1));
+        let default_cloud = match &config.default_cloud_env_file {
+            Some(file) => Some(Cloud::from_env_file(file).map_err(ProviderError::config)?),
+            None => None,
+        };
         Ok(Self {
             mounts,
+            default_cloud,
             config,
             transport,
             cache,
@@ -118,8 +125,8 @@ impl ProviderService {
             .get("cloudName")
             .map(|s| s.trim())
             .filter(|s| !s.is_empty());
-        if let (None, Some(file)) = (named, &self.config.default_cloud_env_file) {
-            return Cloud::from_env_file(file).map_err(ProviderError::config);
+        if let (None, Some(cloud)) = (named, &self.default_cloud) {
+            return Ok(cloud.clone());
         }
         if params.cloud == render::params::Cloud::AzureStackCloud {
             return Err(ProviderError::config(keyvault::Error::Config(

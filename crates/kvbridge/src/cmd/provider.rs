@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     write_cert_and_key_in_separate_files: bool,
     /// Azure environment JSON used for classes that name neither cloudName nor cloudEnvFileName
-    /// (Azure Stack, sovereign clouds, or the dev vault's cloud.json).
+    /// (Azure Stack, sovereign clouds, or the dev vault's cloud.json). Read once at start.
     #[arg(long, env = "AZURE_ENVIRONMENT_FILEPATH")]
     cloud_env_file: Option<PathBuf>,
     /// Extra PEM CA certificates to trust for the vault and Entra ID.
