@@ -3,11 +3,12 @@
 //! CSI provider and the FlexVolume driver.
 //!
 //! `Parameters` (render) → [`fetch_all`] through a [`Source`] (Key Vault, or a cache in front of
-//! it) → `render::render::render` → `render::writer::AtomicWriter`.
+//! it) → `render::render::render` → [`writer::AtomicWriter`].
 
 mod error;
 mod fetch;
 mod source;
+pub mod writer;
 
 pub use error::MountError;
 pub use fetch::{fetch_all, mount_files, DEFAULT_CONCURRENCY};

@@ -319,12 +319,12 @@ pub async fn mount(dir: &Path, options_json: &str, env: &FlexEnv) -> Result<(), 
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let tmpfs = env.tmpfs && try_tmpfs(dir);
     tracing::debug!(dir = %dir.display(), tmpfs, "flexvolume target");
-    let files: Vec<render::writer::OutFile> = resp
+    let files: Vec<mount::writer::OutFile> = resp
         .files
         .into_iter()
-        .map(|f| render::writer::OutFile::new(f.path, f.mode as u32, f.contents))
+        .map(|f| mount::writer::OutFile::new(f.path, f.mode as u32, f.contents))
         .collect();
-    let writer = render::writer::AtomicWriter::new(dir);
+    let writer = mount::writer::AtomicWriter::new(dir);
     writer.write(&files).map_err(|e| io_err(dir, e))?;
     Ok(())
 }

@@ -8,11 +8,12 @@
 //! 2. [`render::plan`] says per object what to ask Key Vault: a single fetch, or (version
 //!    history) a version listing followed by [`render::history_fetches`].
 //! 3. The caller fetches (concurrently) into a [`render::VaultData`].
-//! 4. [`render::render`] turns specs + vault data into [`writer::OutFile`]s and
+//! 4. [`render::render`] turns specs + vault data into [`output::OutFile`]s and
 //!    [`render::ObjectVersion`]s, byte-compatible with the Azure provider.
-//! 5. [`writer::AtomicWriter::write`] publishes the files atomically (kubelet style).
+//!
+//! Publishing the files (the atomic writer) is I/O and lives in the `mount` crate.
 
 pub mod manifest;
+pub mod output;
 pub mod params;
 pub mod render;
-pub mod writer;

@@ -25,8 +25,8 @@ use base64::Engine as _;
 use pki::PublicJwk;
 use zeroize::Zeroizing;
 
+pub use crate::output::OutFile;
 use crate::params::{paths_clash, ObjectEncoding, ObjectFormat, ObjectSpec, ObjectType};
-pub use crate::writer::OutFile;
 
 pub const CONTENT_TYPE_PEM: &str = "application/x-pem-file";
 pub const CONTENT_TYPE_PFX: &str = "application/x-pkcs12";

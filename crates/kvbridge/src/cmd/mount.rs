@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use keyvault::{ClientOptions, Cloud, KeyVaultClient, TokenCredential, Transport};
+use mount::writer::AtomicWriter;
 use render::params::{IdentityMode, Parameters};
 use render::render::RenderOptions;
-use render::writer::AtomicWriter;
 
 #[derive(clap::Args)]
 pub struct Args {

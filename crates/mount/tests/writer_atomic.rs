@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use render::writer::{AtomicWriter, OutFile};
+use mount::writer::{AtomicWriter, OutFile};
 
 const FIXED: [&str; 5] = ["a", "b", "c", "hist/0", "hist/1"];
 

@@ -30,7 +30,6 @@
 //! exactly as with Kubernetes projected volumes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
@@ -40,40 +39,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
+pub use render::output::OutFile;
+
 pub const DATA_DIR: &str = "..data";
 pub const DATA_DIR_TMP: &str = "..data_tmp";
-
-/// One file to deliver: relative path, mode, contents (zeroized on drop, never printed).
-#[derive(Clone, PartialEq, Eq)]
-pub struct OutFile {
-    /// Relative path with `/` separators (`name`, `alias`, `name/0`).
-    pub path: String,
-    pub mode: u32,
-    pub contents: Zeroizing<Vec<u8>>,
-}
-
-impl OutFile {
-    pub fn new(path: impl Into<String>, mode: u32, contents: Vec<u8>) -> OutFile {
-        OutFile {
-            path: path.into(),
-            mode,
-            contents: Zeroizing::new(contents),
-        }
-    }
-}
-
-impl fmt::Debug for OutFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OutFile")
-            .field("path", &self.path)
-            .field("mode", &format_args!("{:#o}", self.mode))
-            .field(
-                "contents",
-                &format_args!("<{} bytes redacted>", self.contents.len()),
-            )
-            .finish()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -709,13 +678,6 @@ mod tests {
         assert!(w.cleanup().unwrap().removed.is_empty());
         // cleanup of a missing directory is fine
         AtomicWriter::new(d.join("nope")).cleanup().unwrap();
-    }
-
-    #[test]
-    fn debug_redacts_contents() {
-        let s = format!("{:?}", f("p", 0o644, "hunter2"));
-        assert!(!s.contains("hunter2"), "{s}");
-        assert!(s.contains("redacted"), "{s}");
     }
 
     #[test]
