@@ -259,6 +259,18 @@ pub fn translate(options: &BTreeMap<String, Value>) -> Result<Translated, FlexEr
     Ok((params, secrets))
 }
 
+/// An error and its causes on one line.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
 fn io_err(path: &Path, e: impl std::fmt::Display) -> FlexError {
     FlexError::Io {
         path: path.to_path_buf(),
@@ -325,7 +337,13 @@ pub async fn mount(dir: &Path, options_json: &str, env: &FlexEnv) -> Result<(), 
         .map(|f| mount::writer::OutFile::new(f.path, f.mode as u32, f.contents))
         .collect();
     let writer = mount::writer::AtomicWriter::new(dir);
-    writer.write(&files).map_err(|e| io_err(dir, e))?;
+    let outcome = writer
+        .write_async(files)
+        .await
+        .map_err(|e| io_err(dir, with_causes(&e)))?;
+    for w in &outcome.warnings {
+        tracing::warn!(dir = %dir.display(), "{w}");
+    }
     Ok(())
 }
 

@@ -159,6 +159,46 @@ fn credential(
     })
 }
 
+/// Time a `--watch` refresh may take, retries included: the interval, within 5 s..=120 s.
+fn refresh_deadline(interval: Duration) -> Duration {
+    interval.clamp(Duration::from_secs(5), Duration::from_secs(120))
+}
+
+/// Object versions, (path, mode, size) per file, and the writer's outcome of one mount.
+type Mounted = (
+    Vec<render::render::ObjectVersion>,
+    Vec<(String, u32, usize)>,
+    mount::writer::WriteOutcome,
+);
+
+/// Fetch and render (nothing is written when that fails), then publish; the writer's error says
+/// what state the target is in.
+async fn mount_once(
+    source: &mount::VaultSource,
+    objects: &[render::params::ObjectSpec],
+    render_opts: &RenderOptions,
+    writer: &AtomicWriter,
+    vault_url: &str,
+) -> anyhow::Result<Mounted> {
+    let rendered = mount::mount_files(source, objects, render_opts, mount::DEFAULT_CONCURRENCY)
+        .await
+        .with_context(|| format!("mount from {vault_url} failed; nothing was written"))?;
+    let summary: Vec<(String, u32, usize)> = rendered
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.mode, f.contents.len()))
+        .collect();
+    let render::render::Rendered { files, versions } = rendered;
+    let outcome = writer
+        .write_async(files)
+        .await
+        .with_context(|| format!("writing into {} failed", writer.target().display()))?;
+    for w in &outcome.warnings {
+        tracing::warn!(target_dir = %writer.target().display(), "{w}");
+    }
+    Ok((versions, summary, outcome))
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.watch && args.interval.is_zero() {
         bail!("--interval must be longer than 0 with --watch");
@@ -238,8 +278,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // One transport (connection pool, CA trust, retries) for the vault and the token endpoints.
     let transport = Transport::new(&options).context("cannot build the HTTPS client")?;
     let credential = credential(&params, &ep, &transport)?;
-    let client = KeyVaultClient::with_transport(credential, transport);
+    let client = KeyVaultClient::with_transport(credential.clone(), transport);
     let source = mount::VaultSource::new(client, ep.vault_url.clone());
+    // --watch: a refresh gives up (and warns, keeping the last good files) within about one
+    // interval instead of retrying for minutes; the next interval is the next retry.
+    let refresh_source = if args.watch {
+        let refresh_options = ClientOptions {
+            deadline: refresh_deadline(args.interval),
+            ..options.clone()
+        };
+        let transport =
+            Transport::new(&refresh_options).context("cannot build the HTTPS client")?;
+        mount::VaultSource::new(
+            KeyVaultClient::with_transport(credential, transport),
+            ep.vault_url.clone(),
+        )
+    } else {
+        source.clone()
+    };
     let render_opts = RenderOptions {
         construct_pem_chain: args.construct_pem_chain,
         write_cert_and_key_in_separate_files: args.write_cert_and_key_in_separate_files,
@@ -248,40 +304,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.target)
         .with_context(|| format!("cannot create --target {}", args.target.display()))?;
     let writer = AtomicWriter::new(&args.target);
-    writer
-        .cleanup()
-        .context("cleaning up the target directory")?;
-
-    let once = || async {
-        let rendered = mount::mount_files(
-            &source,
-            &params.objects,
-            &render_opts,
-            mount::DEFAULT_CONCURRENCY,
-        )
-        .await?;
-        let outcome = writer.write(&rendered.files)?;
-        anyhow::Ok((rendered, outcome))
-    };
-    let (rendered, _) = once()
+    let cleaned = writer
+        .cleanup_async()
         .await
-        .with_context(|| format!("mount from {} failed; nothing was written", ep.vault_url))?;
+        .context("cleaning up the target directory")?;
+    for w in &cleaned.warnings {
+        tracing::warn!(target_dir = %args.target.display(), "{w}");
+    }
+
+    let (versions, summary, _) = mount_once(
+        &source,
+        &params.objects,
+        &render_opts,
+        &writer,
+        &ep.vault_url,
+    )
+    .await?;
     println!(
         "mounted {} objects ({} files) from {} into {}",
         params.objects.len(),
-        rendered.files.len(),
+        summary.len(),
         ep.vault_url,
         args.target.display()
     );
-    for v in &rendered.versions {
+    for v in &versions {
         println!("  {:<40} {}", v.id, v.version);
     }
-    for f in &rendered.files {
+    for (path, mode, len) in &summary {
         println!(
             "  {}  {:o}  {} bytes",
-            args.target.join(&f.path).display(),
-            f.mode,
-            f.contents.len()
+            args.target.join(path).display(),
+            mode,
+            len
         );
     }
     if !args.watch {
@@ -290,20 +344,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let mut last: Vec<(String, String)> = rendered
-        .versions
+    let mut last: Vec<(String, String)> = versions
         .iter()
         .map(|v| (v.id.clone(), v.version.clone()))
         .collect();
+    let mut failures = 0u64;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = tokio::time::sleep(args.interval) => {}
         }
-        match once().await {
-            Ok((rendered, outcome)) => {
-                let now: Vec<(String, String)> = rendered
-                    .versions
+        let refreshed = mount_once(
+            &refresh_source,
+            &params.objects,
+            &render_opts,
+            &writer,
+            &ep.vault_url,
+        )
+        .await;
+        match refreshed {
+            Ok((versions, _, outcome)) => {
+                let now: Vec<(String, String)> = versions
                     .iter()
                     .map(|v| (v.id.clone(), v.version.clone()))
                     .collect();
@@ -313,9 +374,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 }
                 last = now;
+                if failures > 0 {
+                    tracing::info!(failures, "refresh succeeded again");
+                    failures = 0;
+                }
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "refresh failed; keeping the last good files")
+                failures += 1;
+                tracing::warn!(error = %format!("{e:#}"), failures, "refresh failed; keeping the last good files")
             }
         }
     }
