@@ -13,6 +13,7 @@
 //!
 //! Publishing the files (the atomic writer) is I/O and lives in the `mount` crate.
 
+pub mod limits;
 pub mod manifest;
 pub mod output;
 pub mod params;

@@ -116,6 +116,8 @@ fn is_class_doc(v: &Value) -> bool {
 
 /// Parse a class file's text (manifest, multi-document file, or bare parameters map).
 pub fn parse_class(text: &str) -> Result<ProviderClass, ManifestError> {
+    crate::limits::check_yaml(text, crate::limits::MAX_CLASS_BYTES)
+        .map_err(|reason| ManifestError::Yaml(format!("the file {reason}")))?;
     let mut docs = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         let v = Value::deserialize(doc).map_err(|e| ManifestError::Yaml(e.to_string()))?;

@@ -11,10 +11,12 @@
 //! - file names: relative, never containing `..` anywhere (the provider's fallback check), so
 //!   they also cannot clash with the writer's `..data` / `..<timestamp>` entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde_yaml_ng::Value;
+
+use crate::limits;
 
 /// Default file mode of a mount when the caller has none (the driver sends 0644).
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -35,6 +37,8 @@ pub enum ParamError {
         first: &'static str,
         second: &'static str,
     },
+    #[error("parameters are {size} bytes, more than the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
     #[error("parameter objects: {reason}")]
     Objects { reason: String },
     #[error("objects[{index}] ({name:?}): field {field}: {reason}")]
@@ -43,6 +47,14 @@ pub enum ParamError {
         name: String,
         field: &'static str,
         reason: String,
+    },
+    #[error("objects[{index}] ({name:?}): unknown field {field:?}{hint}; known fields: {known}", known = OBJECT_FIELDS.join(", "))]
+    UnknownField {
+        index: usize,
+        name: String,
+        field: String,
+        /// `; did you mean objectVersion?` or empty.
+        hint: String,
     },
     #[error("objects[{index}] ({name:?}) and objects[{other_index}] ({other_name:?}) map to the same file name {path:?}")]
     DuplicateFile {
@@ -261,6 +273,13 @@ pub fn validate_vault_name(name: &str) -> Result<(), ParamError> {
 impl Parameters {
     /// Parse and validate a parameters map.
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Parameters, ParamError> {
+        let size: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if size > limits::MAX_CLASS_BYTES {
+            return Err(ParamError::TooLarge {
+                size,
+                limit: limits::MAX_CLASS_BYTES,
+            });
+        }
         let keyvault_name = get(map, "keyvaultName");
         if keyvault_name.is_empty() {
             return Err(ParamError::Missing {
@@ -362,31 +381,126 @@ fn scalar_string(v: &Value) -> Option<String> {
     }
 }
 
+/// The fields of one object, as the Azure provider's `KeyVaultObject` has them.
+pub const OBJECT_FIELDS: [&str; 8] = [
+    "objectName",
+    "objectType",
+    "objectVersion",
+    "objectVersionHistory",
+    "objectAlias",
+    "objectFormat",
+    "objectEncoding",
+    "filePermission",
+];
+
+/// `; did you mean X?` when `key` is a near miss of one of `known` (case or up to two edits).
+fn did_you_mean(key: &str, known: &[&str]) -> String {
+    if key.len() > 64 {
+        return String::new();
+    }
+    let best = known
+        .iter()
+        .map(|k| {
+            (
+                edit_distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                k,
+            )
+        })
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, k)) if d <= 2 => format!("; did you mean {k}?"),
+        _ => String::new(),
+    }
+}
+
+/// Levenshtein distance of two short ASCII-ish strings (by chars).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let subst = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn key_text(k: &Value) -> String {
+    scalar_string(k).unwrap_or_else(|| "<non-scalar key>".into())
+}
+
 /// Parse the `objects` parameter (a YAML document with `array:` of YAML strings).
+///
+/// Stricter than the Azure provider where it silently loses data: an unknown field (a typo
+/// such as `arrray:` or `objectVerison:`) and an empty list are errors, so a class can never
+/// replace a mounted payload by an empty one by mistake. Size, nesting, object count and
+/// history are bounded ([`crate::limits`]); every check is linear in the input.
 pub fn parse_objects(text: &str) -> Result<Vec<ObjectSpec>, ParamError> {
-    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| ParamError::Objects {
-        reason: format!("invalid YAML: {e}"),
-    })?;
-    let items = match &doc {
-        Value::Mapping(m) => match m.get("array") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Sequence(seq)) => seq.clone(),
-            Some(_) => {
-                return Err(ParamError::Objects {
-                    reason: "field array: must be a list of YAML strings".into(),
-                })
+    let objects_err = |reason: String| ParamError::Objects { reason };
+    limits::check_yaml(text, limits::MAX_OBJECTS_BYTES).map_err(objects_err)?;
+    let doc: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| objects_err(format!("invalid YAML: {e}")))?;
+    let items = match doc {
+        Value::Mapping(mut m) => {
+            let unknown: Vec<String> = m.keys().map(key_text).filter(|k| k != "array").collect();
+            if let Some(k) = unknown.first() {
+                return Err(objects_err(format!(
+                    "unknown field {k:?}{}; the objects parameter has one field, array",
+                    did_you_mean(k, &["array"])
+                )));
             }
-        },
-        Value::Null => Vec::new(),
+            match m.remove("array") {
+                None | Some(Value::Null) => {
+                    return Err(objects_err(
+                        "has no `array:` list of objects (array: [ \"objectName: ...\" ])".into(),
+                    ))
+                }
+                Some(Value::Sequence(seq)) => seq,
+                Some(_) => {
+                    return Err(objects_err(
+                        "field array: must be a list of YAML strings".into(),
+                    ))
+                }
+            }
+        }
+        Value::Null => {
+            return Err(objects_err(
+                "is empty: it must be a YAML mapping with an `array:` list".into(),
+            ))
+        }
         _ => {
-            return Err(ParamError::Objects {
-                reason: "must be a YAML mapping with an `array:` list".into(),
-            })
+            return Err(objects_err(
+                "must be a YAML mapping with an `array:` list".into(),
+            ))
         }
     };
+    if items.is_empty() {
+        return Err(objects_err(
+            "array is empty: list at least one object (a class mounting nothing would replace the mounted files by an empty directory)".into(),
+        ));
+    }
+    if items.len() > limits::MAX_OBJECTS {
+        return Err(objects_err(format!(
+            "array has {} objects, more than the limit of {}",
+            items.len(),
+            limits::MAX_OBJECTS
+        )));
+    }
     let mut out = Vec::with_capacity(items.len());
+    let mut files: u64 = 0;
     for (index, item) in items.iter().enumerate() {
-        out.push(parse_object(index, item)?);
+        let spec = parse_object(index, item)?;
+        files += u64::from(spec.version_history);
+        if files > limits::MAX_FILES {
+            return Err(objects_err(format!(
+                "the objects and their objectVersionHistory would write more than {} files",
+                limits::MAX_FILES
+            )));
+        }
+        out.push(spec);
     }
     check_file_names(&out)?;
     Ok(out)
@@ -401,8 +515,12 @@ fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
     };
     // Items are YAML strings holding a YAML document; tolerate an inline mapping too.
     let parsed: Value = match item {
-        Value::String(s) => serde_yaml_ng::from_str(s)
-            .map_err(|e| obj_err("", "array", format!("invalid YAML: {e}")))?,
+        Value::String(s) => {
+            limits::check_yaml(s, limits::MAX_OBJECTS_BYTES)
+                .map_err(|reason| obj_err("", "array", reason))?;
+            serde_yaml_ng::from_str(s)
+                .map_err(|e| obj_err("", "array", format!("invalid YAML: {e}")))?
+        }
         Value::Mapping(_) => item.clone(),
         _ => {
             return Err(obj_err(
@@ -432,6 +550,18 @@ fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
     };
 
     let name = field("objectName", "")?;
+    if let Some(k) = map
+        .keys()
+        .map(key_text)
+        .find(|k| !OBJECT_FIELDS.contains(&k.as_str()))
+    {
+        return Err(ParamError::UnknownField {
+            index,
+            name: name.clone(),
+            hint: did_you_mean(&k, &OBJECT_FIELDS),
+            field: k,
+        });
+    }
     if name.is_empty() {
         return Err(obj_err("", "objectName", "is required".into()));
     }
@@ -478,10 +608,13 @@ fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
                         format!("invalid value {s:?}: must be an integer"),
                     )
                 })?;
-                if n > i64::from(i32::MAX) {
+                if n > i64::from(limits::MAX_VERSION_HISTORY) {
                     return Err(err(
                         "objectVersionHistory",
-                        format!("invalid value {s:?}: too large"),
+                        format!(
+                            "invalid value {s:?}: more than the limit of {}",
+                            limits::MAX_VERSION_HISTORY
+                        ),
                     ));
                 }
                 n.max(1) as u32
@@ -591,8 +724,10 @@ pub fn validate_file_name(name: &str) -> Result<(), String> {
     if name.contains("..") {
         return Err(format!("file name {name:?} must not contain '..'"));
     }
-    if name.contains('\0') {
-        return Err(format!("file name {name:?} must not contain NUL"));
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "file name {name:?} must not contain control characters (newline, tab, NUL, ...)"
+        ));
     }
     if name.split('/').any(|seg| seg.is_empty() || seg == ".") {
         return Err(format!(
@@ -602,28 +737,51 @@ pub fn validate_file_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// True when `a` and `b` name the same file or one is a directory holding the other.
-pub(crate) fn paths_clash(a: &str, b: &str) -> bool {
-    a == b
-        || (b.len() > a.len() && b.starts_with(a) && b.as_bytes()[a.len()] == b'/')
-        || (a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'/')
-}
-
-fn check_file_names(objects: &[ObjectSpec]) -> Result<(), ParamError> {
-    for (i, a) in objects.iter().enumerate() {
-        for b in &objects[..i] {
-            if paths_clash(a.file_name(), b.file_name()) {
-                return Err(ParamError::DuplicateFile {
-                    index: a.index,
-                    name: a.name.clone(),
-                    other_index: b.index,
-                    other_name: b.name.clone(),
-                    path: a.file_name().to_string(),
-                });
+/// The first pair of `paths` that name the same file, or where one is a directory holding the
+/// other, as (later position, earlier position). Linear: each path and each of its parent
+/// directories is looked up once.
+pub(crate) fn first_path_clash(paths: &[&str]) -> Option<(usize, usize)> {
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(paths.len());
+    let mut found: Option<(usize, usize)> = None;
+    let mut keep = |pair: (usize, usize)| {
+        if found.is_none_or(|f| pair.0 < f.0 || (pair.0 == f.0 && pair.1 < f.1)) {
+            found = Some(pair);
+        }
+    };
+    for (i, p) in paths.iter().enumerate() {
+        if let Some(&first) = seen.get(p) {
+            keep((i, first));
+        } else {
+            seen.insert(p, i);
+        }
+    }
+    for (i, p) in paths.iter().enumerate() {
+        for (cut, _) in p.match_indices('/') {
+            if let Some(&j) = seen.get(&p[..cut]) {
+                keep((i.max(j), i.min(j)));
             }
         }
     }
-    Ok(())
+    found
+}
+
+/// No two objects write the same file, and no object's file is a directory of another's
+/// (history objects write `<name>/<i>`).
+fn check_file_names(objects: &[ObjectSpec]) -> Result<(), ParamError> {
+    let names: Vec<&str> = objects.iter().map(ObjectSpec::file_name).collect();
+    match first_path_clash(&names) {
+        None => Ok(()),
+        Some((later, earlier)) => {
+            let (a, b) = (&objects[later], &objects[earlier]);
+            Err(ParamError::DuplicateFile {
+                index: a.index,
+                name: a.name.clone(),
+                other_index: b.index,
+                other_name: b.name.clone(),
+                path: a.file_name().to_string(),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -848,10 +1006,138 @@ mod tests {
         assert!(e.to_string().contains("array"), "{e}");
         let e = obj_err(&["objectName: [a"]);
         assert!(e.to_string().contains("objects[0]"), "{e}");
-        assert!(Parameters::parse(&base(&[("objects", "array: []")]))
-            .unwrap()
-            .objects
-            .is_empty());
+    }
+
+    // Issue 13.4: a typo or an empty list used to mount zero objects and empty the target.
+    #[test]
+    fn typo_or_empty_list_is_an_error_not_zero_objects() {
+        for text in [
+            "arrray:\n  - |\n    objectName: a\n    objectType: secret\n",
+            "arrray: []",
+        ] {
+            let e = Parameters::parse(&base(&[("objects", text)])).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("unknown field \"arrray\""), "{msg}");
+            assert!(msg.contains("did you mean array?"), "{msg}");
+        }
+        for text in ["array: []", "array:", "array: null", "---", "{}"] {
+            let e = Parameters::parse(&base(&[("objects", text)])).unwrap_err();
+            assert!(matches!(e, ParamError::Objects { .. }), "{text:?}: {e}");
+        }
+        let e = Parameters::parse(&base(&[("objects", "array: []")])).unwrap_err();
+        assert!(e.to_string().contains("array is empty"), "{e}");
+        // A second field beside a good array is a typo too.
+        let text = format!(
+            "{}objcts: x\n",
+            objects(&["objectName: a\nobjectType: secret"])
+        );
+        let e = parse_objects(&text).unwrap_err();
+        assert!(e.to_string().contains("\"objcts\""), "{e}");
+    }
+
+    #[test]
+    fn unknown_object_field_is_named_with_a_hint() {
+        let e = obj_err(&["objectName: a\nobjectType: secret\nobjectVerison: abc"]);
+        assert_eq!(
+            e,
+            ParamError::UnknownField {
+                index: 0,
+                name: "a".into(),
+                field: "objectVerison".into(),
+                hint: "; did you mean objectVersion?".into(),
+            }
+        );
+        assert!(e.to_string().contains("known fields: objectName,"), "{e}");
+        // Case matters in the provider (Go yaml tags): say which spelling is meant.
+        let e = obj_err(&["objectname: a\nobjectType: secret"]);
+        assert!(e.to_string().contains("did you mean objectName?"), "{e}");
+        let e = obj_err(&["objectName: a\nobjectType: secret\nsomethingElse: 1"]);
+        assert!(
+            matches!(&e, ParamError::UnknownField { hint, .. } if hint.is_empty()),
+            "{e}"
+        );
+    }
+
+    // Issue 13.3: 100k-deep nesting took 34 s in the YAML parser; it is refused before parsing.
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = format!(
+            "array:\n  - |\n    objectName: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let e = parse_objects(&deep).unwrap_err();
+        assert!(e.to_string().contains("nested too deeply"), "{e}");
+        // The same hidden in an item string that the outer text escapes.
+        let item = format!("objectName: {}", "[".repeat(10_000));
+        let text = format!("array:\n  - \"{item}\"\n");
+        let e = parse_objects(&text).unwrap_err();
+        assert!(e.to_string().contains("objects[0]"), "{e}");
+        assert!(e.to_string().contains("nested too deeply"), "{e}");
+        let compact = format!("array:\n{}\n", "- ".repeat(10_000));
+        assert!(parse_objects(&compact)
+            .unwrap_err()
+            .to_string()
+            .contains("nested too deeply"));
+    }
+
+    #[test]
+    fn sizes_and_counts_are_bounded() {
+        let one = "objectName: a\nobjectType: secret";
+        let items: Vec<String> = (0..limits::MAX_OBJECTS + 1)
+            .map(|i| format!("objectName: s{i}\nobjectType: secret"))
+            .collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        let e = parse_objects(&objects(&refs)).unwrap_err();
+        assert!(e.to_string().contains("more than the limit of 1000"), "{e}");
+        // Exactly the limit is fine (and linear: this is 1,000 names checked for clashes).
+        let v = parse_objects(&objects(&refs[..limits::MAX_OBJECTS])).unwrap();
+        assert_eq!(v.len(), limits::MAX_OBJECTS);
+
+        let big = format!(
+            "{}# {}\n",
+            objects(&[one]),
+            "x".repeat(limits::MAX_OBJECTS_BYTES)
+        );
+        let e = parse_objects(&big).unwrap_err();
+        assert!(e.to_string().contains("bytes, more than the limit"), "{e}");
+        let e = Parameters::parse(&base(&[("padding", &"x".repeat(limits::MAX_CLASS_BYTES))]))
+            .unwrap_err();
+        assert!(matches!(e, ParamError::TooLarge { .. }), "{e}");
+
+        let e = obj_err(&["objectName: a\nobjectType: secret\nobjectVersionHistory: 2147483647"]);
+        assert!(e.to_string().contains("more than the limit of 200"), "{e}");
+        // 60 objects x 200 versions = 12,000 files.
+        let items: Vec<String> = (0..60)
+            .map(|i| format!("objectName: s{i}\nobjectType: secret\nobjectVersionHistory: 200"))
+            .collect();
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        let e = parse_objects(&objects(&refs)).unwrap_err();
+        assert!(e.to_string().contains("more than 10000 files"), "{e}");
+    }
+
+    #[test]
+    fn alias_aliases_expand_boundedly() {
+        // "Billion laughs": YAML aliases must not expand without bound.
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        text.push_str("array:\n  - objectName: a\n    objectType: secret\n");
+        assert!(parse_objects(&text).is_err());
+    }
+
+    #[test]
+    fn control_characters_in_names_are_refused() {
+        for alias in ["\"a\\nb\"", "\"a\\tb\"", "\"a\\rb\"", "\"a\\u007fb\""] {
+            let e = obj_err(&[&format!(
+                "objectName: s\nobjectType: secret\nobjectAlias: {alias}"
+            )]);
+            assert!(e.to_string().contains("control characters"), "{alias}: {e}");
+        }
     }
 
     #[test]
@@ -1017,6 +1303,23 @@ mod tests {
             "objectName: a\nobjectType: cert",
         ]);
         assert!(matches!(e, ParamError::DuplicateFile { .. }), "{e}");
+        // a directory from a later alias clashes with an earlier file, reported at the later
+        let e = obj_err(&[
+            "objectName: a\nobjectType: secret\nobjectAlias: d",
+            "objectName: s\nobjectType: secret",
+            "objectName: b\nobjectType: secret\nobjectAlias: d/e/f",
+        ]);
+        assert!(
+            matches!(
+                e,
+                ParamError::DuplicateFile {
+                    index: 2,
+                    other_index: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         // siblings are fine
         parse_objects(&objects(&[
             "objectName: a\nobjectType: secret\nobjectAlias: d/x",

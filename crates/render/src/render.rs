@@ -26,7 +26,7 @@ use pki::PublicJwk;
 use zeroize::Zeroizing;
 
 pub use crate::output::OutFile;
-use crate::params::{paths_clash, ObjectEncoding, ObjectFormat, ObjectSpec, ObjectType};
+use crate::params::{first_path_clash, ObjectEncoding, ObjectFormat, ObjectSpec, ObjectType};
 
 pub const CONTENT_TYPE_PEM: &str = "application/x-pem-file";
 pub const CONTENT_TYPE_PFX: &str = "application/x-pkcs12";
@@ -361,21 +361,20 @@ pub fn render(
             });
         }
     }
-    for (i, (ia, a)) in files.iter().enumerate() {
-        for (ib, b) in &files[..i] {
-            if paths_clash(&a.path, &b.path) {
-                let spec = objects.iter().find(|o| o.index == *ia);
-                let other = objects.iter().find(|o| o.index == *ib);
-                return Err(RenderError::DuplicatePath {
-                    index: *ia,
-                    name: spec.map(|s| s.name.clone()).unwrap_or_default(),
-                    object_type: spec.map(|s| s.object_type).unwrap_or(ObjectType::Secret),
-                    other_index: *ib,
-                    other_name: other.map(|s| s.name.clone()).unwrap_or_default(),
-                    path: a.path.clone(),
-                });
-            }
-        }
+    let paths: Vec<&str> = files.iter().map(|(_, f)| f.path.as_str()).collect();
+    if let Some((later, earlier)) = first_path_clash(&paths) {
+        let (ia, a) = &files[later];
+        let ib = files[earlier].0;
+        let spec = objects.iter().find(|o| o.index == *ia);
+        let other = objects.iter().find(|o| o.index == ib);
+        return Err(RenderError::DuplicatePath {
+            index: *ia,
+            name: spec.map(|s| s.name.clone()).unwrap_or_default(),
+            object_type: spec.map(|s| s.object_type).unwrap_or(ObjectType::Secret),
+            other_index: ib,
+            other_name: other.map(|s| s.name.clone()).unwrap_or_default(),
+            path: a.path.clone(),
+        });
     }
     Ok(Rendered {
         files: files.into_iter().map(|(_, f)| f).collect(),
