@@ -18,6 +18,9 @@ pub enum MountError {
     },
     #[error(transparent)]
     Render(#[from] render::render::RenderError),
+    /// A worker task ended abnormally (a bug, or the runtime shutting down).
+    #[error("{0} was interrupted")]
+    Interrupted(&'static str),
 }
 
 impl MountError {
@@ -25,7 +28,7 @@ impl MountError {
     pub fn vault_error(&self) -> Option<&keyvault::Error> {
         match self {
             MountError::Vault { source, .. } | MountError::Versions { source, .. } => Some(source),
-            MountError::Render(_) => None,
+            MountError::Render(_) | MountError::Interrupted(_) => None,
         }
     }
 }

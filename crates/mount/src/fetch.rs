@@ -54,5 +54,12 @@ pub async fn mount_files<S: Source>(
     concurrency: usize,
 ) -> Result<Rendered, MountError> {
     let data = fetch_all(source, objects, concurrency).await?;
-    Ok(render(objects, &data, options)?)
+    // Rendering (PKCS#12 decoding, chain ordering, hex/base64) is CPU work on vault content:
+    // done off the async workers so a large or hostile mount never stalls other requests.
+    let objects = objects.to_vec();
+    let options = options.clone();
+    tokio::task::spawn_blocking(move || render(&objects, &data, &options))
+        .await
+        .map_err(|_| MountError::Interrupted("rendering"))?
+        .map_err(MountError::from)
 }

@@ -5,6 +5,7 @@
 //! `Parameters` (render) → [`fetch_all`] through a [`Source`] (Key Vault, or a cache in front of
 //! it) → `render::render::render` → [`writer::AtomicWriter`].
 
+pub mod cloud_env;
 mod error;
 mod fetch;
 mod source;

@@ -38,6 +38,9 @@ pub struct ProviderConfig {
     pub write_cert_and_key_in_separate_files: bool,
     /// Cloud environment file used when a class names neither `cloudEnvFileName` nor `cloudName`.
     pub default_cloud_env_file: Option<PathBuf>,
+    /// Directory a class's `cloudEnvFileName` must resolve into (`None` = anywhere; only for
+    /// tests and single-tenant nodes).
+    pub cloud_env_dir: Option<PathBuf>,
     /// IMDS endpoint for managed identity (default `http://169.254.169.254`).
     pub imds_endpoint: Option<String>,
     /// HTTP options: extra CA file, per-attempt timeout, retries, overall deadline, rate limit.
@@ -48,6 +51,8 @@ pub struct ProviderConfig {
     /// together (each mount holds its objects and rendered files until it answers).
     pub max_concurrent_mounts: usize,
     pub cache: CacheConfig,
+    /// Bounds on the provider socket's connections.
+    pub connections: crate::listener::ConnLimits,
 }
 
 impl Default for ProviderConfig {
@@ -56,11 +61,13 @@ impl Default for ProviderConfig {
             construct_pem_chain: true,
             write_cert_and_key_in_separate_files: false,
             default_cloud_env_file: None,
+            cloud_env_dir: Some(PathBuf::from(mount::cloud_env::DEFAULT_CLOUD_ENV_DIR)),
             imds_endpoint: None,
             client: keyvault::ClientOptions::default(),
             concurrency: mount::DEFAULT_CONCURRENCY,
             max_concurrent_mounts: DEFAULT_MAX_CONCURRENT_MOUNTS,
             cache: CacheConfig::default(),
+            connections: crate::listener::ConnLimits::default(),
         }
     }
 }

@@ -22,8 +22,20 @@ pub enum ProviderError {
     /// The cloud (cloudName / cloudEnvFileName) or client configuration is unusable.
     #[error("{0}")]
     Config(Box<keyvault::Error>),
+    /// The class's `cloudEnvFileName` cannot be used.
+    #[error(transparent)]
+    CloudEnv(Box<mount::cloud_env::CloudEnvError>),
     #[error(transparent)]
     Mount(Box<mount::MountError>),
+    /// A worker task ended abnormally (a bug: it is logged with this text).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl From<mount::cloud_env::CloudEnvError> for ProviderError {
+    fn from(e: mount::cloud_env::CloudEnvError) -> Self {
+        ProviderError::CloudEnv(Box::new(e))
+    }
 }
 
 impl From<render::params::ParamError> for ProviderError {
@@ -54,7 +66,9 @@ impl ProviderError {
             | ProviderError::Permission(_)
             | ProviderError::Params(_)
             | ProviderError::Identity(_)
-            | ProviderError::Config(_) => Code::InvalidArgument,
+            | ProviderError::Config(_)
+            | ProviderError::CloudEnv(_) => Code::InvalidArgument,
+            ProviderError::Internal(_) => Code::Internal,
             ProviderError::Mount(m) => match m.vault_error() {
                 Some(e) => vault_code(e),
                 None => Code::FailedPrecondition,

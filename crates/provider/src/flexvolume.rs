@@ -327,7 +327,7 @@ pub async fn mount(dir: &Path, options_json: &str, env: &FlexEnv) -> Result<(), 
         current_object_version: vec![],
     };
     // Fetch first: nothing is created on failure.
-    let resp = service.mount(&req).await?;
+    let resp = service.mount(req).await?;
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     let tmpfs = env.tmpfs && try_tmpfs(dir);
     tracing::debug!(dir = %dir.display(), tmpfs, "flexvolume target");

@@ -19,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod flexvolume;
 pub mod identity;
+pub mod listener;
 pub mod metrics;
 pub mod server;
 pub mod service;

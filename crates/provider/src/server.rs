@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::metrics::Metrics;
 use crate::proto::csi_driver_provider_server::CsiDriverProviderServer;
@@ -57,7 +56,11 @@ pub fn parse_endpoint(endpoint: &str) -> Result<PathBuf, ServeError> {
 }
 
 /// Binds the socket: creates the directory, removes a stale socket file left by a previous run.
+/// The socket is created under a temporary name, restricted to its owner (mode 0600: the
+/// driver runs as root), and only then renamed into place, so no client ever sees it with
+/// wider permissions.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+    use std::os::unix::fs::PermissionsExt;
     let err = |source| ServeError::Socket {
         path: path.to_path_buf(),
         source,
@@ -65,12 +68,27 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => tracing::info!(socket = %path.display(), "removed stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| err(std::io::Error::other("the socket path has no file name")))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(err)?;
+    let placed =
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).and_then(|()| {
+            if std::fs::symlink_metadata(path).is_ok() {
+                tracing::info!(socket = %path.display(), "replacing stale socket");
+            }
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
     }
-    UnixListener::bind(path).map_err(err)
+    Ok(listener)
 }
 
 /// Serves the provider and the gRPC health service on `listener` until `shutdown` resolves.
@@ -79,6 +97,7 @@ pub async fn serve_grpc(
     service: Arc<ProviderService>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let limits = service.config().connections.clone();
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<CsiDriverProviderServer<Grpc>>()
@@ -92,7 +111,7 @@ pub async fn serve_grpc(
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(provider)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::listener::incoming(listener, limits), shutdown)
         .await?;
     Ok(())
 }

@@ -1,17 +1,18 @@
 //! The `v1alpha1.CSIDriverProvider` service: `Version` and `Mount`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use keyvault::{Cloud, KeyVaultClient, TokenCredential, Transport};
+use mount::cloud_env::CloudEnvFiles;
 use render::params::Parameters;
 use render::render::RenderOptions;
 use tonic::{Request, Response, Status};
 
 use crate::cache::NodeCache;
 use crate::identity::{HandedInToken, Identity, ATTR_POD_NAME, ATTR_POD_NAMESPACE};
+use crate::listener::ConnInfo;
 use crate::metrics::Metrics;
 use crate::proto::csi_driver_provider_server::CsiDriverProvider;
 use crate::proto::{self, MountRequest, MountResponse, VersionRequest, VersionResponse};
@@ -36,6 +37,8 @@ pub struct ProviderService {
     mounts: tokio::sync::Semaphore,
     /// The node's default cloud environment file, read once at start.
     default_cloud: Option<Cloud>,
+    /// Classes' `cloudEnvFileName`s, confined to `--cloud-env-dir`, cached by mtime.
+    cloud_env: Arc<CloudEnvFiles>,
 }
 
 /// A mount's decoded request.
@@ -84,15 +87,24 @@ impl ProviderService {
             Some(file) => Some(Cloud::from_env_file(file).map_err(ProviderError::config)?),
             None => None,
         };
+        let cloud_env = Arc::new(match &config.cloud_env_dir {
+            Some(dir) => CloudEnvFiles::within(dir),
+            None => CloudEnvFiles::anywhere(),
+        });
         Ok(Self {
             mounts,
             default_cloud,
+            cloud_env,
             config,
             transport,
             cache,
             metrics,
             clients: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
     }
 
     pub fn cache(&self) -> &Arc<NodeCache> {
@@ -113,13 +125,19 @@ impl ProviderService {
 
     /// The cloud of a class: its `cloudEnvFileName`; else, when it names no cloud, the node's
     /// default environment file (if configured); else the named built-in cloud.
-    fn cloud(
+    async fn cloud(
         &self,
         params: &Parameters,
         attrs: &BTreeMap<String, String>,
     ) -> Result<Cloud, ProviderError> {
         if let Some(file) = &params.cloud_env_file_name {
-            return Cloud::from_env_file(Path::new(file)).map_err(ProviderError::config);
+            // Blocking file I/O (bounded, never on a FIFO) off the async workers.
+            let files = self.cloud_env.clone();
+            let name = file.clone();
+            return tokio::task::spawn_blocking(move || files.read(&name, None))
+                .await
+                .map_err(|_| ProviderError::Internal("reading cloudEnvFileName"))?
+                .map_err(ProviderError::from);
         }
         let named = attrs
             .get("cloudName")
@@ -190,13 +208,20 @@ impl ProviderService {
     }
 
     /// A Mount, start to end; errors carry the context the driver will log.
-    pub async fn mount(&self, req: &MountRequest) -> Result<MountResponse, ProviderError> {
+    pub async fn mount(&self, req: MountRequest) -> Result<MountResponse, ProviderError> {
         // Never closed, so acquire only fails if it were; then run unbounded rather than fail.
         let _permit = self.mounts.acquire().await.ok();
-        let d = Self::decode(req)?;
-        let params = Parameters::parse(&d.attrs)?;
+        // Decoding and parsing are bounded (size, nesting, counts) but CPU work on input from
+        // any namespace: done off the async workers that serve every other pod.
+        let (d, params) = tokio::task::spawn_blocking(move || {
+            let d = Self::decode(&req)?;
+            let params = Parameters::parse(&d.attrs)?;
+            Ok::<_, ProviderError>((d, params))
+        })
+        .await
+        .map_err(|_| ProviderError::Internal("parsing the mount request"))??;
         let identity = Identity::select(&params, &d.attrs, &d.secrets)?;
-        let cloud = self.cloud(&params, &d.attrs)?;
+        let cloud = self.cloud(&params, &d.attrs).await?;
         let vault_url = cloud.vault_url(&params.keyvault_name);
         let id_key = identity.cache_key(&cloud.authority_host);
         let client = self.client_for(&identity, &cloud, &id_key)?;
@@ -252,6 +277,7 @@ impl CsiDriverProvider for Grpc {
         request: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
         let start = Instant::now();
+        let _call = request.extensions().get::<ConnInfo>().map(ConnInfo::call);
         let resp = VersionResponse {
             version: if request.get_ref().version.is_empty() {
                 "v1alpha1".into()
@@ -272,8 +298,8 @@ impl CsiDriverProvider for Grpc {
         request: Request<MountRequest>,
     ) -> Result<Response<MountResponse>, Status> {
         let start = Instant::now();
-        let req = request.into_inner();
-        let result = self.0.mount(&req).await;
+        let _call = request.extensions().get::<ConnInfo>().map(ConnInfo::call);
+        let result = self.0.mount(request.into_inner()).await;
         let elapsed = start.elapsed();
         match result {
             Ok(resp) => {

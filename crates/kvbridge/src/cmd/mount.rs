@@ -70,11 +70,8 @@ struct Endpoints {
 
 fn cloud_for(params: &Parameters, class_dir: &Path) -> anyhow::Result<Cloud> {
     match &params.cloud_env_file_name {
-        Some(f) => {
-            let path = class_dir.join(f);
-            Cloud::from_env_file(&path)
-                .with_context(|| format!("cloudEnvFileName {}", path.display()))
-        }
+        // The user's own class: any directory, but still a bounded regular file.
+        Some(f) => Ok(mount::cloud_env::CloudEnvFiles::anywhere().read(f, Some(class_dir))?),
         None => Cloud::by_name(params.cloud.name()).context("cloudName"),
     }
 }

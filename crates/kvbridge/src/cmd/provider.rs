@@ -36,6 +36,10 @@ pub struct Args {
     /// (Azure Stack, sovereign clouds, or the dev vault's cloud.json). Read once at start.
     #[arg(long, env = "AZURE_ENVIRONMENT_FILEPATH")]
     cloud_env_file: Option<PathBuf>,
+    /// Directory a class's cloudEnvFileName must resolve into (symlinks followed); files
+    /// elsewhere, FIFOs, devices and files over 64 KiB are refused.
+    #[arg(long, default_value = mount::cloud_env::DEFAULT_CLOUD_ENV_DIR)]
+    cloud_env_dir: PathBuf,
     /// Extra PEM CA certificates to trust for the vault and Entra ID.
     #[arg(long)]
     ca_file: Option<PathBuf>,
@@ -79,6 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         construct_pem_chain: args.construct_pem_chain,
         write_cert_and_key_in_separate_files: args.write_cert_and_key_in_separate_files,
         default_cloud_env_file: args.cloud_env_file.clone(),
+        cloud_env_dir: Some(args.cloud_env_dir.clone()),
         imds_endpoint: args.imds_endpoint.clone(),
         concurrency: args.concurrency.max(1),
         max_concurrent_mounts: args.max_concurrent_mounts.max(1),
