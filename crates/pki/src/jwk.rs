@@ -82,11 +82,7 @@ impl PublicJwk {
             "RSA" | "RSA-HSM" => {
                 let n = decode("n", member("n", self.n.as_ref())?)?;
                 let e = decode("e", member("e", self.e.as_ref())?)?;
-                if der::strip_zeros(&n).is_empty() || der::strip_zeros(&e).is_empty() {
-                    return Err(PkiError::InvalidJwk(
-                        "RSA 'n' and 'e' must be non-zero".into(),
-                    ));
-                }
+                crate::keys::check_rsa_public(der::strip_zeros(&n), &e)?;
                 Ok(PublicParts::Rsa {
                     n: der::strip_zeros(&n).to_vec(),
                     e: der::strip_zeros(&e).to_vec(),

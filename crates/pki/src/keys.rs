@@ -154,6 +154,8 @@ pub(crate) fn parse_pkcs8(input: &[u8]) -> Result<Pkcs8<'_>, PkiError> {
         let mut rsa = Reader::new(Reader::new(inner).read(der::TAG_SEQUENCE)?);
         rsa.read_uint()?; // version
         let n = rsa.read_uint()?;
+        let e = rsa.read_uint()?;
+        check_rsa_public(n, e).map_err(|e| PkiError::InvalidKey(e.to_string()))?;
         Ok(Pkcs8 {
             kind: KeyKind::Rsa { bits: bit_len(n) },
             inner,
@@ -355,6 +357,7 @@ impl PublicParts {
             let mut k = Reader::new(Reader::new(key).read(der::TAG_SEQUENCE).map_err(bad)?);
             let n = k.read_uint().map_err(bad)?.to_vec();
             let e = k.read_uint().map_err(bad)?.to_vec();
+            check_rsa_public(&n, &e)?;
             Ok(PublicParts::Rsa { n, e })
         } else if oid == der::OID_EC {
             let curve = Curve::from_oid(alg.read(der::TAG_OID).map_err(bad)?)?;
@@ -369,11 +372,62 @@ impl PublicParts {
     }
 }
 
+/// Checks an uncompressed EC point: the right size and a point on `curve` (not the identity).
 pub(crate) fn check_point(curve: Curve, point: &[u8]) -> Result<(), PkiError> {
     if point.len() != 1 + 2 * curve.coordinate_len() || point.first() != Some(&4) {
         return Err(PkiError::InvalidPublicKey(format!(
             "{curve} public key must be an uncompressed point"
         )));
+    }
+    let on_curve = match curve {
+        // ring validates a peer's public key (coordinates in range, on the curve) before an
+        // ECDH agreement; an ephemeral agreement is the public way to ask it.
+        Curve::P256 | Curve::P384 => {
+            let alg = if curve == Curve::P256 {
+                &ring::agreement::ECDH_P256
+            } else {
+                &ring::agreement::ECDH_P384
+            };
+            let rng = ring::rand::SystemRandom::new();
+            let mine = ring::agreement::EphemeralPrivateKey::generate(alg, &rng)
+                .map_err(|_| PkiError::InvalidPublicKey("cannot check the EC point".into()))?;
+            let peer = ring::agreement::UnparsedPublicKey::new(alg, point);
+            ring::agreement::agree_ephemeral(mine, &peer, |_| ()).is_ok()
+        }
+        Curve::P521 => p521::PublicKey::from_sec1_bytes(point).is_ok(),
+    };
+    if !on_curve {
+        return Err(PkiError::InvalidPublicKey(format!(
+            "{curve} public key is not a point on the curve"
+        )));
+    }
+    Ok(())
+}
+
+/// Smallest RSA modulus accepted (anything below is degenerate or trivially factored).
+pub const MIN_RSA_BITS: usize = 512;
+/// Largest RSA modulus accepted (Key Vault's largest is 4096 bits).
+pub const MAX_RSA_BITS: usize = 16384;
+
+/// Sanity of an RSA public key (unsigned big-endian `n`, `e`): modulus odd and of
+/// [`MIN_RSA_BITS`]..=[`MAX_RSA_BITS`] bits; exponent odd, at least 3, at most 64 bits and
+/// below the modulus.
+pub(crate) fn check_rsa_public(n: &[u8], e: &[u8]) -> Result<(), PkiError> {
+    let bits = bit_len(n);
+    if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+        return Err(PkiError::InvalidPublicKey(format!(
+            "RSA modulus of {bits} bits (accepted: {MIN_RSA_BITS} to {MAX_RSA_BITS})"
+        )));
+    }
+    if n.last().is_none_or(|b| b & 1 == 0) {
+        return Err(PkiError::InvalidPublicKey("RSA modulus is even".into()));
+    }
+    let e = der::strip_zeros(e);
+    let e_bits = bit_len(e);
+    if !(2..=64).contains(&e_bits) || e.last().is_none_or(|b| b & 1 == 0) {
+        return Err(PkiError::InvalidPublicKey(
+            "RSA public exponent must be odd, at least 3 and at most 64 bits".into(),
+        ));
     }
     Ok(())
 }
@@ -450,6 +504,46 @@ pub fn generate_key(kind: KeyKind) -> Result<PrivateKey, PkiError> {
             let doc = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng)
                 .map_err(|_| PkiError::KeyGeneration(format!("{curve} key generation failed")))?;
             PrivateKey::from_pkcs8_der(doc.as_ref().to_vec())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_must_be_on_the_curve() {
+        for curve in [Curve::P256, Curve::P384, Curve::P521] {
+            let key = generate_key(KeyKind::Ec(curve)).unwrap();
+            let PublicParts::Ec { point, .. } = public_parts(&key).unwrap() else {
+                panic!("not EC");
+            };
+            check_point(curve, &point).unwrap();
+            let mut off = point.clone();
+            *off.last_mut().unwrap() ^= 1;
+            assert!(check_point(curve, &off).is_err(), "{curve}");
+            let mut zero = vec![0u8; point.len()];
+            zero[0] = 4;
+            assert!(check_point(curve, &zero).is_err(), "{curve}");
+            // x and y out of range (all ones is above every field prime here)
+            let mut big = vec![0xffu8; point.len()];
+            big[0] = 4;
+            assert!(check_point(curve, &big).is_err(), "{curve}");
+        }
+    }
+
+    #[test]
+    fn rsa_public_sanity() {
+        let n = [0xc5u8; 128]; // 1024 bits, odd
+        check_rsa_public(&n, &[1, 0, 1]).unwrap();
+        check_rsa_public(&n, &[3]).unwrap();
+        assert!(check_rsa_public(&[1], &[1, 0, 1]).is_err());
+        assert!(check_rsa_public(&[0xc5; 63], &[1, 0, 1]).is_err()); // 504 bits
+        assert!(check_rsa_public(&[0xc4; 128], &[1, 0, 1]).is_err()); // even
+        assert!(check_rsa_public(&[0xc5; 2049], &[1, 0, 1]).is_err()); // > 16384 bits
+        for e in [&[][..], &[1], &[2], &[1, 0, 0], &[0xff; 9]] {
+            assert!(check_rsa_public(&n, e).is_err(), "{e:?}");
         }
     }
 }

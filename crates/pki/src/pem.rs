@@ -128,6 +128,7 @@ pub fn spki_from_pem(text: &str) -> Result<Vec<u8>, PkiError> {
         let mut k = crate::der::Reader::new(r.read(crate::der::TAG_SEQUENCE)?);
         let n = k.read_uint()?.to_vec();
         let e = k.read_uint()?.to_vec();
+        crate::keys::check_rsa_public(&n, &e)?;
         return Ok(crate::keys::PublicParts::Rsa { n, e }.to_spki());
     }
     if let Some(b) = blocks.iter().find(|b| b.label == "CERTIFICATE") {

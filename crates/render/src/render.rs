@@ -451,6 +451,7 @@ fn render_secret(
         let ct = s.content_type.as_deref().unwrap_or_default();
         match ct {
             CONTENT_TYPE_PEM => {
+                check_pem_bundle(spec, &s.value)?;
                 if opts.write_cert_and_key_in_separate_files {
                     let (key, certs) = split_pem_text(&s.value);
                     extra.push(OutFile::new(
@@ -518,6 +519,35 @@ fn render_secret(
     }];
     out.extend(extra);
     Ok(out)
+}
+
+/// A PEM certificate-backed secret must be what Key Vault stores: at most one private key and at
+/// least one certificate, all parseable. It is written as is, so this only checks.
+fn check_pem_bundle(spec: &ObjectSpec, text: &str) -> Result<(), RenderError> {
+    let bundle = pki::parse_pem_bundle(text).map_err(|e| {
+        obj_err(
+            spec,
+            "value",
+            format!("not a PEM private key and certificate chain: {e}"),
+        )
+    })?;
+    if bundle.certs.is_empty() {
+        return Err(obj_err(
+            spec,
+            "value",
+            "PEM content of a certificate-backed secret holds no CERTIFICATE block",
+        ));
+    }
+    for (i, der) in bundle.certs.iter().enumerate() {
+        pki::cert_info(der).map_err(|e| {
+            obj_err(
+                spec,
+                "value",
+                format!("PEM certificate {} is not valid: {e}", i + 1),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn strip_newlines(s: &str) -> Zeroizing<String> {

@@ -711,6 +711,125 @@ fn cert_backed_secret_errors() {
     assert!(e.to_string().contains("\"abc\" was not fetched"), "{e}");
 }
 
+/// Issue 13.9: a certificate-backed PEM secret that is not a PEM key + certificates is an error
+/// naming the object (it was written as is), and the value never appears in the message.
+#[test]
+fn garbage_pem_in_certificate_backed_secret_is_an_error() {
+    let opts = RenderOptions::default();
+    let c = rsa_chain3();
+    let key_only = pki::pem_encode("PRIVATE KEY", c.keys[0].pkcs8_der());
+    let bad_cert = format!(
+        "{key_only}{}",
+        pki::pem_encode("CERTIFICATE", b"not a certificate hunter2")
+    );
+    let cases: Vec<(&str, String)> = vec![
+        ("not PEM at all", "hunter2 is not a certificate".to_string()),
+        (
+            "no END line",
+            "-----BEGIN CERTIFICATE-----\nMIIB\n".to_string(),
+        ),
+        (
+            "bad base64",
+            "-----BEGIN CERTIFICATE-----\n!!!hunter2\n-----END CERTIFICATE-----\n".to_string(),
+        ),
+        ("key without certificate", key_only.clone()),
+        ("certificate that does not parse", bad_cert),
+        (
+            "private key that does not parse",
+            pki::pem_encode("PRIVATE KEY", b"hunter2 garbage"),
+        ),
+    ];
+    for (what, text) in cases {
+        let e = one(
+            &["objectName: tls\nobjectType: secret"],
+            secret(&text, Some("application/x-pem-file"), true, "v1"),
+            &opts,
+        )
+        .expect_err(what);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("objects[0] (secret/tls): value"),
+            "{what}: {msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{what}: value leaked: {msg}");
+    }
+    // a certificate alone (non-exportable key) is fine and still written as is
+    let cert_only = pem_of(None, &[&c.certs[0]]);
+    let r = one(
+        &["objectName: tls\nobjectType: secret"],
+        secret(&cert_only, Some("application/x-pem-file"), true, "v1"),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(r.files[0].contents.to_vec(), cert_only.as_bytes());
+}
+
+fn key_object(jwk: pki::PublicJwk) -> Result<Rendered, RenderError> {
+    one(
+        &["objectName: k\nobjectType: key"],
+        Fetched::Key(FetchedKey {
+            version: "v".into(),
+            jwk,
+        }),
+        &RenderOptions::default(),
+    )
+}
+
+fn rsa_jwk(n: &[u8], e: &[u8]) -> pki::PublicJwk {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    pki::PublicJwk {
+        kty: "RSA".into(),
+        n: Some(URL_SAFE_NO_PAD.encode(n)),
+        e: Some(URL_SAFE_NO_PAD.encode(e)),
+        crv: None,
+        x: None,
+        y: None,
+    }
+}
+
+/// Issue 13.9: degenerate public keys from the vault (RSA n=1, even or tiny moduli, silly
+/// exponents, EC points off the curve) are errors naming the object, not rendered PEM.
+#[test]
+fn degenerate_keys_are_rejected() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let good = pki::public_jwk(&rsa_chain3().keys[0]).unwrap();
+    key_object(good.clone()).unwrap();
+    let n = URL_SAFE_NO_PAD.decode(good.n.as_deref().unwrap()).unwrap();
+    let mut even = n.clone();
+    *even.last_mut().unwrap() &= 0xfe;
+    let cases: Vec<(&str, pki::PublicJwk)> = vec![
+        ("n = 1", rsa_jwk(&[1], &[1, 0, 1])),
+        ("256-bit modulus", rsa_jwk(&[0xc5; 32], &[1, 0, 1])),
+        ("even modulus", rsa_jwk(&even, &[1, 0, 1])),
+        ("e = 1", rsa_jwk(&n, &[1])),
+        ("even e", rsa_jwk(&n, &[1, 0, 0])),
+        ("huge e", rsa_jwk(&n, &[0xff; 16])),
+    ];
+    for (what, jwk) in cases {
+        let msg = key_object(jwk).expect_err(what).to_string();
+        assert!(msg.contains("objects[0] (key/k): jwk"), "{what}: {msg}");
+    }
+    let ec = pki::public_jwk(&ec_chain3().keys[0]).unwrap();
+    key_object(ec.clone()).unwrap();
+    let mut y = URL_SAFE_NO_PAD.decode(ec.y.as_deref().unwrap()).unwrap();
+    *y.last_mut().unwrap() ^= 1;
+    let off_curve = pki::PublicJwk {
+        y: Some(URL_SAFE_NO_PAD.encode(&y)),
+        ..ec.clone()
+    };
+    let msg = key_object(off_curve).unwrap_err().to_string();
+    assert!(
+        msg.contains("objects[0] (key/k): jwk") && msg.contains("not a point on the curve"),
+        "{msg}"
+    );
+    let zero = pki::PublicJwk {
+        x: Some(URL_SAFE_NO_PAD.encode([0u8; 32])),
+        y: Some(URL_SAFE_NO_PAD.encode([0u8; 32])),
+        ..ec
+    };
+    assert!(key_object(zero).is_err());
+}
+
 // ---------- version history ----------
 
 fn vi(list: &[(&str, bool)]) -> Vec<VersionInfo> {
