@@ -197,4 +197,86 @@ mod tests {
         assert_eq!(oid_to_string(OID_RSA), "1.2.840.113549.1.1.1");
         assert_eq!(oid_to_string(OID_P521), "1.3.132.0.35");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Walks every TLV, descending into constructed values (bounded depth).
+        fn walk(input: &[u8], depth: usize) -> usize {
+            let mut r = Reader::new(input);
+            let mut seen = 0;
+            while !r.is_empty() {
+                let before = r.input.len();
+                match r.read_any() {
+                    Ok((tag, value, whole)) => {
+                        assert_eq!(before - r.input.len(), whole.len(), "consumes the TLV");
+                        assert!(whole.len() >= value.len() + 2);
+                        assert!(whole.ends_with(value));
+                        seen += 1;
+                        if tag & 0x20 != 0 && depth < 32 {
+                            seen += walk(value, depth + 1);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            seen
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn reader_never_panics_on_random_input(input in proptest::collection::vec(any::<u8>(), 0..512)) {
+                walk(&input, 0);
+                let mut r = Reader::new(&input);
+                let _ = r.read_uint();
+                let mut r = Reader::new(&input);
+                let _ = r.read_optional(TAG_SEQUENCE);
+                let _ = bit_string_bytes(&input);
+                let _ = oid_to_string(&input);
+            }
+
+            #[test]
+            fn tlv_round_trips(tag in any::<u8>().prop_filter("low tag number", |t| t & 0x1f != 0x1f),
+                               value in proptest::collection::vec(any::<u8>(), 0..1024)) {
+                let enc = tlv(tag, &value);
+                let mut r = Reader::new(&enc);
+                let (t, v, whole) = r.read_any().unwrap();
+                prop_assert_eq!(t, tag);
+                prop_assert_eq!(v, &value[..]);
+                prop_assert_eq!(whole.len(), enc.len());
+                prop_assert!(r.is_empty());
+            }
+
+            #[test]
+            fn uint_round_trips(m in proptest::collection::vec(any::<u8>(), 0..300)) {
+                let enc = uint(&m);
+                let mut r = Reader::new(&enc);
+                let got = r.read_uint().unwrap();
+                prop_assert_eq!(got, strip_zeros(&m));
+                prop_assert!(got.first() != Some(&0));
+            }
+
+            /// Nested structures with mutated bytes: the walk still ends without panicking.
+            #[test]
+            fn mutated_nested_structures(depth in 1usize..40, edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+                                         cut in any::<Option<usize>>()) {
+                let mut enc = uint(&[1, 2, 3]);
+                for i in 0..depth {
+                    enc = if i % 2 == 0 { seq(&[&enc, &bit_string(&[0x55; 3])]) } else { tlv(0xa0, &enc) };
+                }
+                for (i, b) in &edits {
+                    let n = enc.len();
+                    enc[i % n] = *b;
+                }
+                if let Some(c) = cut {
+                    let n = enc.len();
+                    enc.truncate(c % (n + 1));
+                }
+                walk(&enc, 0);
+            }
+        }
+    }
 }

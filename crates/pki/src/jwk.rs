@@ -170,6 +170,14 @@ fn rsa_from_jwk(jwk: &serde_json::Value) -> Result<PrivateKey, PkiError> {
     let n = required(jwk, "n")?;
     let e = required(jwk, "e")?;
     let d = required(jwk, "d")?;
+    crate::keys::check_rsa_public(der::strip_zeros(&n), &e)?;
+    // 0 < d < n (the `rsa` crate's prime recovery underflows on d = 0)
+    let d_bits = crate::keys::bit_len(&d);
+    if d_bits == 0 || d_bits > crate::keys::bit_len(&n) {
+        return Err(PkiError::InvalidJwk(
+            "RSA 'd' must be non-zero and not larger than 'n'".into(),
+        ));
+    }
     let crt = ["p", "q", "dp", "dq", "qi"];
     let key = if crt.iter().all(|m| jwk.get(*m).is_some()) {
         let mut parts: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(9);
