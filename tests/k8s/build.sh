@@ -98,11 +98,19 @@ sync_kube_apiserver() {
     fi
 }
 
+# CPU seconds (user + system) used so far by this shell's finished children, into $cpu_now: with
+# other work on the machine, wall time alone says little about a build. (`times` must run in this
+# shell, not in a pipeline's subshell.)
+child_cpu() {
+    times >"$root/.times"
+    cpu_now="$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); t += p[1] * 60 + p[2] } printf "%d", t }' "$root/.times")"
+}
+
 fmt_size() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 
 built_any=0
 build() {  # build NAME DIR PACKAGE LDFLAGS
-    local name="$1" dir="$2" pkg="$3" ldflags="$4" stamp start secs
+    local name="$1" dir="$2" pkg="$3" ldflags="$4" stamp start secs cpu0 cpu
     stamp="$( (cd "$here/$dir" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
                go version; printf '%s\n%s\n' "$pkg" "$ldflags") | sha256sum | cut -c1-64)"
     if [ -x "$bin/$name" ] && [ "$(cat "$bin/.$name.stamp" 2>/dev/null)" = "$stamp" ]; then
@@ -110,13 +118,15 @@ build() {  # build NAME DIR PACKAGE LDFLAGS
         return
     fi
     start=$SECONDS
+    child_cpu; cpu0=$cpu_now
     go -C "$here/$dir" build -trimpath -ldflags="-s -w $ldflags" -o "$bin/.$name.tmp" "$pkg"
     mv -f "$bin/.$name.tmp" "$bin/$name"
     printf '%s\n' "$stamp" >"$bin/.$name.stamp"
     secs=$((SECONDS - start))
+    child_cpu; cpu=$((cpu_now - cpu0))
     built_any=1
-    printf '%-26s built in %ds  %s (%s)\n' "$name" "$secs" "$bin/$name" "$(fmt_size "$bin/$name")"
-    printf '%s %s built in %ds, %s bytes, %s\n' "$(date -u +%FT%TZ)" "$name" "$secs" \
+    printf '%-26s built in %ds (CPU %ds)  %s (%s)\n' "$name" "$secs" "$cpu" "$bin/$name" "$(fmt_size "$bin/$name")"
+    printf '%s %s built in %ds (CPU %ds), %s bytes, %s\n' "$(date -u +%FT%TZ)" "$name" "$secs" "$cpu" \
         "$(stat -c %s "$bin/$name")" "$(go version)" >>"$root/build.log"
 }
 
