@@ -36,6 +36,8 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
         .route("/{tenant}/oauth2/token", post(token_v1))
         .route("/metadata/identity/oauth2/token", get(imds_token))
+        .route("/host/token", get(nmi_host_token))
+        .route("/host/token/", get(nmi_host_token))
 }
 
 fn origin(headers: &HeaderMap, app: &App) -> String {
@@ -97,18 +99,43 @@ async fn token_v2(
     AxState(app): AxState<Arc<App>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    token(app, tenant, headers, body, false).await
+    match body {
+        Ok(body) => token(app, tenant, headers, body, false).await,
+        Err(rejection) => body_rejected(rejection),
+    }
 }
 
 async fn token_v1(
     AxState(app): AxState<Arc<App>>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    token(app, tenant, headers, body, true).await
+    match body {
+        Ok(body) => token(app, tenant, headers, body, true).await,
+        Err(rejection) => body_rejected(rejection),
+    }
+}
+
+/// An unreadable or oversized token request body, answered in Entra ID's error shape.
+fn body_rejected(rejection: axum::extract::rejection::BytesRejection) -> Response {
+    let status = rejection.status();
+    AadError::new(
+        status,
+        "invalid_request",
+        900144,
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "The request body is larger than the dev vault accepts ({} bytes).",
+                crate::api::MAX_REQUEST_BODY
+            )
+        } else {
+            "The request body could not be read.".to_string()
+        },
+    )
+    .into_response()
 }
 
 /// Applies fault injection when its scope includes the token endpoints.
@@ -429,6 +456,87 @@ fn verify_assertion(identity: &Identity, assertion: &str, token_url: &str) -> Re
             )
         })
     }
+}
+
+/// AAD Pod Identity's NMI host token endpoint (what the Azure provider and the FlexVolume driver
+/// call for `usePodIdentity`): `GET /host/token/?resource=R[&client_id=C]` with headers `podns`
+/// and `podname`; answers `{"token": {...IMDS-shaped strings...}, "clientid": C}` for the first
+/// seeded `podIdentities` binding of that pod (matching `client_id` when given). Errors are
+/// plain text with NMI's statuses: 400 missing headers or resource, 404 no identity bound.
+async fn nmi_host_token(
+    AxState(app): AxState<Arc<App>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    app.counters.add("PodIdentityToken", "", "");
+    if let Some(r) = entra_faults(&app).await {
+        return r;
+    }
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (podns, podname) = (header("podns"), header("podname"));
+    let text = |status: StatusCode, msg: String| {
+        (
+            status,
+            [("content-type", "text/plain; charset=utf-8")],
+            format!("{msg}\n"),
+        )
+            .into_response()
+    };
+    if podns.is_empty() || podname.is_empty() {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing 'podname' and 'podns' from request header".into(),
+        );
+    }
+    let Some(resource) = q.get("resource").filter(|r| !r.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "parameter resource cannot be empty".into(),
+        );
+    };
+    let wanted = q.get("client_id").filter(|c| !c.is_empty());
+    let identity = app.with_state(|s| {
+        s.pod_identities
+            .iter()
+            .filter(|p| p.namespace == podns && p.pod_name == podname)
+            .filter(|p| wanted.is_none_or(|w| w.eq_ignore_ascii_case(&p.client_id)))
+            .find_map(|p| s.identities.iter().find(|i| i.client_id == p.client_id))
+            .cloned()
+    });
+    let Some(identity) = identity else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no AzureAssignedIdentity found for pod:{podns}/{podname} in assigned state (dev vault seed: podIdentities)"
+            ),
+        );
+    };
+    let token = match mint(&app, &identity, resource) {
+        Ok(t) => t,
+        Err(e) => return text(StatusCode::FORBIDDEN, e.description),
+    };
+    let now = crate::clock::now();
+    let lifetime = app.token_lifetime;
+    Json(json!({
+        "token": {
+            "access_token": token,
+            "refresh_token": "",
+            "expires_in": lifetime.to_string(),
+            "expires_on": (now + lifetime).to_string(),
+            "not_before": now.to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+        },
+        "clientid": identity.client_id,
+    }))
+    .into_response()
 }
 
 async fn imds_token(

@@ -157,6 +157,18 @@ pub async fn start(opts: Options) -> Result<Running, DevVaultError> {
         path: opts.state_dir.clone(),
         source,
     })?;
+    match state::remove_stale_temp_files(&dir) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(?removed, dir = %dir.display(), "removed temporary files left by an interrupted dev vault");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return Err(DevVaultError::StateDir {
+                path: dir.clone(),
+                source: e,
+            })
+        }
+    }
     let state_path = dir.join("state.json");
     let mut st = state::load(&state_path)?.unwrap_or_else(|| {
         let mut s = state::State::new(seed::DEFAULT_TENANT.into());

@@ -13,7 +13,8 @@ use crate::api::certificates::{
 };
 use crate::api::keys::key_version;
 use crate::state::{
-    AccessPolicy, Attributes, FederatedCredential, Identity, SecretVersion, State, Tags,
+    AccessPolicy, Attributes, FederatedCredential, Identity, PodIdentity, SecretVersion, State,
+    Tags,
 };
 
 pub const DEFAULT_TENANT: &str = "6d2b6f1e-0e4c-4a8e-9a57-6b7662726467";
@@ -39,6 +40,9 @@ pub struct Seed {
     pub vaults: Vec<SeedVault>,
     #[serde(default)]
     pub identities: Vec<SeedIdentity>,
+    /// AAD Pod Identity bindings for the NMI stand-in: `{namespace, podName, clientId}`.
+    #[serde(default)]
+    pub pod_identities: Vec<PodIdentity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,7 +360,25 @@ impl Applier<'_> {
                 dns_names: g.sans.clone(),
                 ip_addresses: Vec::new(),
                 is_ca: g.ca,
-                validity_days: g.validity_days.unwrap_or(if g.ca { 3650 } else { 365 }),
+                validity_days: match g.validity_days {
+                    None => {
+                        if g.ca {
+                            3650
+                        } else {
+                            365
+                        }
+                    }
+                    Some(d) if (1..=crate::api::certificates::MAX_VALIDITY_DAYS).contains(&d) => d,
+                    Some(d) => {
+                        return Err(self.err(
+                            format!("{what}.generate.validityDays"),
+                            format!(
+                                "{d}: must be from 1 to {} days",
+                                crate::api::certificates::MAX_VALIDITY_DAYS
+                            ),
+                        ))
+                    }
+                },
             };
             match &g.issuer {
                 None => {
@@ -522,13 +544,11 @@ pub fn apply(state: &mut State, seed: &Seed, file: &Path) -> Result<(), SeedErro
     let mut seen = BTreeMap::new();
     for (i, v) in seed.vaults.iter().enumerate() {
         let name = v.name.to_ascii_lowercase();
-        if !(3..=24).contains(&name.len())
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !crate::api::valid_vault_name(&name) {
             return Err(a.err(
                 format!("vaults[{i}].name"),
                 format!(
-                    "'{}' is not a Key Vault name (3-24 characters of a-z, 0-9, -)",
+                    "'{}' is not a Key Vault name (3-24 characters of letters, digits and '-', starting with a letter, ending with a letter or digit, no '--')",
                     v.name
                 ),
             ));
@@ -597,5 +617,24 @@ pub fn apply(state: &mut State, seed: &Seed, file: &Path) -> Result<(), SeedErro
             .map(|i| a.identity(i))
             .collect::<Result<_, _>>()?
     };
+    for (i, p) in seed.pod_identities.iter().enumerate() {
+        if p.namespace.is_empty() || p.pod_name.is_empty() {
+            return Err(a.err(
+                format!("podIdentities[{i}]"),
+                "namespace and podName are required",
+            ));
+        }
+        if !state
+            .identities
+            .iter()
+            .any(|id| id.client_id == p.client_id)
+        {
+            return Err(a.err(
+                format!("podIdentities[{i}].clientId"),
+                format!("'{}' is not declared in identities", p.client_id),
+            ));
+        }
+    }
+    state.pod_identities = seed.pod_identities.clone();
     Ok(())
 }

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::error::KvError;
 use crate::faults::{Counters, FaultConfig, Faults};
 use crate::state::{self, State};
 use crate::token::Signer;
@@ -64,8 +65,35 @@ impl App {
         f(&mut guard)
     }
 
-    /// Writes the current state to disk. Concurrent callers are serialised and each write
-    /// carries the newest state, so the file never goes back in time.
+    /// Applies a mutation transactionally: `f` runs on a copy of the state, the copy is saved,
+    /// and only after a successful save does it become the state requests see. A refused
+    /// mutation (`f` fails) or a failed save (answered 500) leaves the state untouched.
+    /// Mutations are serialised, so the file never goes back in time.
+    pub async fn mutate<R: Send>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<R, KvError>,
+    ) -> Result<R, KvError> {
+        let _guard = self.persist_lock.lock().await;
+        let mut next = self.with_state(|s| s.clone());
+        let out = f(&mut next)?;
+        let path = self.state_path.clone();
+        let (next, saved) = tokio::task::spawn_blocking(move || {
+            let r = state::save(&path, &next);
+            (next, r)
+        })
+        .await
+        .map_err(|e| KvError::internal(format!("the dev vault could not save its state: {e}")))?;
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "state write failed; the change was not applied");
+            return Err(KvError::internal(format!(
+                "the dev vault could not save its state, the change was not applied: {e}"
+            )));
+        }
+        self.with_state(|s| *s = next);
+        Ok(out)
+    }
+
+    /// Writes the current state to disk (serialised with [`App::mutate`]).
     pub async fn persist(&self) -> Result<(), state::StateError> {
         let _guard = self.persist_lock.lock().await;
         let snapshot = self.with_state(|s| s.clone());
@@ -110,6 +138,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::entra::routes())
         .fallback(crate::api::data_plane)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::api::MAX_REQUEST_BODY,
+        ))
         .with_state(app)
 }
 

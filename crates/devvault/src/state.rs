@@ -43,6 +43,9 @@ pub struct State {
     pub vault_order: Vec<String>,
     pub vaults: BTreeMap<String, Vault>,
     pub identities: Vec<Identity>,
+    /// AAD Pod Identity bindings served by the NMI stand-in (`GET /host/token/`).
+    #[serde(default)]
+    pub pod_identities: Vec<PodIdentity>,
 }
 
 impl State {
@@ -53,6 +56,7 @@ impl State {
             vault_order: Vec::new(),
             vaults: BTreeMap::new(),
             identities: Vec::new(),
+            pod_identities: Vec::new(),
         }
     }
 
@@ -276,6 +280,16 @@ impl std::fmt::Debug for Identity {
     }
 }
 
+/// An AAD Pod Identity binding: pod `namespace/pod_name` may get tokens of identity `client_id`
+/// (what an AzureIdentity + AzureIdentityBinding + AzureAssignedIdentity amount to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub pod_name: String,
+    pub client_id: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FederatedCredential {
     pub issuer: String,
@@ -330,15 +344,21 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state".to_string());
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(temp_name(&file_name, std::process::id()));
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         {
+            // Created with its final mode: a copy of the state (secret values included) is never
+            // readable by others, not even between open and chmod.
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        let mut f = options.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            // `mode` at creation is filtered by the umask, and an existing file keeps its mode.
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         }
@@ -354,6 +374,39 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The name [`write_atomic`] gives its temporary file for `file_name` in process `pid`.
+fn temp_name(file_name: &str, pid: u32) -> String {
+    format!(".{file_name}.tmp-{pid}")
+}
+
+/// Removes temporary files that [`write_atomic`] left in `dir` when a process was killed
+/// mid-write (they can hold full copies of the state, secret values included). Files of a
+/// process that is still running (another dev vault on the same directory) are left alone.
+/// Returns the names removed.
+pub fn remove_stale_temp_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let me = std::process::id();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .filter(|(file, _)| !file.is_empty())
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == me || Path::new(&format!("/proc/{pid}")).exists();
+        if alive || !entry.file_type()?.is_file() {
+            continue;
+        }
+        std::fs::remove_file(entry.path())?;
+        removed.push(name);
+    }
+    Ok(removed)
 }
 
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {

@@ -276,29 +276,36 @@ fn normalize_version(version: Option<&str>) -> Result<Option<&str>, Error> {
         None | Some("") => Ok(None),
         Some(v) if v.eq_ignore_ascii_case("latest") => Ok(None),
         Some(v) if v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric()) => Ok(Some(v)),
-        Some(v) => Err(Error::Config(format!(
-            "invalid object version '{}'",
-            sanitize(v, &[])
-        ))),
+        Some(v) => Err(Error::invalid_config(
+            "object version",
+            format!(
+                "'{}' is not a Key Vault version (up to 64 letters and digits)",
+                sanitize(v, &[])
+            ),
+        )),
     }
 }
 
 /// Parses and checks a vault URL; returns the base URL (path "/") and its origin.
 fn vault_base(vault_url: &str) -> Result<(Url, String), Error> {
-    let url = Url::parse(vault_url.trim())
-        .map_err(|e| Error::Config(format!("invalid vault URL '{vault_url}': {e}")))?;
+    let bad = |reason: String| Error::InvalidVaultUrl {
+        url: sanitize(vault_url, &[]),
+        reason,
+    };
+    let url = Url::parse(vault_url.trim()).map_err(|e| bad(e.to_string()))?;
     if url.scheme() != "https" {
-        return Err(Error::Config(format!(
-            "vault URL '{vault_url}' must use https (bearer tokens are never sent over plain HTTP)"
-        )));
+        return Err(bad(
+            "it must use https (bearer tokens are never sent over plain HTTP)".into(),
+        ));
     }
-    if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
-        return Err(Error::Config(format!("invalid vault URL '{vault_url}'")));
+    if url.host_str().is_none() {
+        return Err(bad("it has no host".into()));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("it must not have a query or fragment".into()));
     }
     if !(url.path() == "/" || url.path().is_empty()) {
-        return Err(Error::Config(format!(
-            "vault URL '{vault_url}' must not have a path"
-        )));
+        return Err(bad("it must not have a path".into()));
     }
     let origin = url.origin().ascii_serialization();
     let mut base = url;
@@ -434,6 +441,7 @@ fn error_from_response(resp: &Response, target: &Target, redact: &[&str]) -> Err
             message,
             attempts: resp.attempts,
             retry_after: resp.retry_after,
+            beyond_deadline: resp.beyond_deadline,
         },
         _ => Error::Http {
             target,
@@ -500,11 +508,10 @@ impl KeyVaultClient {
 
     fn check_resource(&self, url: &Url, resource: &str, target: &Target) -> Result<(), Error> {
         if self.inner.verify_resource && !resource_matches(url, resource) {
-            return Err(Error::BadResponse {
+            return Err(Error::ChallengeResourceMismatch {
                 target: Box::new(target.clone()),
-                detail: format!(
-                    "challenge resource '{resource}' does not match the vault host (set verify_challenge_resource = false to allow)"
-                ),
+                resource: sanitize(resource, &[]),
+                host: url.host_str().unwrap_or_default().to_string(),
             });
         }
         Ok(())
@@ -610,9 +617,10 @@ impl KeyVaultClient {
         let (base, origin) = vault_base(vault_url)?;
         let target = Target::object(origin.as_str(), kind, name, version);
         if !valid_name(name) {
-            return Err(Error::Config(format!(
-                "{target}: object names are 1-127 characters of 0-9, a-z, A-Z and '-'"
-            )));
+            return Err(Error::InvalidRequest {
+                target: Box::new(target),
+                reason: "object names are 1-127 characters of 0-9, a-z, A-Z and '-'".into(),
+            });
         }
         let version = normalize_version(version)?;
         let url = self.object_url(&base, kind.collection(), name, version);
@@ -753,7 +761,27 @@ impl KeyVaultClient {
         })
     }
 
-    /// All versions of an object, newest first (by `created`, then `updated`). Follows `nextLink`.
+    /// The version id a plain GET of the object returns (its current version).
+    async fn current_version(
+        &self,
+        vault_url: &str,
+        kind: ObjectKind,
+        name: &str,
+    ) -> Result<String, Error> {
+        Ok(match kind {
+            ObjectKind::Secret => self.get_secret(vault_url, name, None).await?.version,
+            ObjectKind::Key => self.get_key(vault_url, name, None).await?.version,
+            ObjectKind::Certificate => self.get_certificate(vault_url, name, None).await?.version,
+        })
+    }
+
+    /// All versions of an object, newest first. Follows `nextLink`.
+    ///
+    /// Order: the current version (the one a plain GET returns) first; then by `created`,
+    /// newest first; versions created in the same second by version id in descending byte
+    /// order (a stable, arbitrary tie-break: Key Vault records no finer creation time). When
+    /// several versions share the newest second, the current one is learned with one extra GET
+    /// (if that GET is refused, e.g. the current version is disabled, the order above is kept).
     pub async fn list_versions(
         &self,
         vault_url: &str,
@@ -764,7 +792,10 @@ impl KeyVaultClient {
         let mut target = Target::object(origin.as_str(), kind, name, None);
         target.operation = Some("list versions of".into());
         if !valid_name(name) {
-            return Err(Error::Config(format!("{target}: invalid object name")));
+            return Err(Error::InvalidRequest {
+                target: Box::new(target),
+                reason: "object names are 1-127 characters of 0-9, a-z, A-Z and '-'".into(),
+            });
         }
         let mut url = base.clone();
         url.set_path(&format!("/{}/{name}/versions", kind.collection()));
@@ -792,12 +823,20 @@ impl KeyVaultClient {
             }
             match page.next_link.filter(|l| !l.is_empty()) {
                 None => {
-                    out.sort_by(|a, b| {
-                        b.created
-                            .cmp(&a.created)
-                            .then(b.updated.cmp(&a.updated))
-                            .then(b.version.cmp(&a.version))
-                    });
+                    sort_versions(&mut out);
+                    if out.len() > 1 && out[0].created == out[1].created {
+                        // Several versions share the newest `created` second: only the vault
+                        // knows which one is current. Ask it with a plain GET.
+                        match self.current_version(vault_url, kind, name).await {
+                            Ok(current) => put_first(&mut out, &current),
+                            Err(e @ (Error::Forbidden { .. } | Error::NotFound { .. })) => {
+                                // Disabled current version, or no `get` permission: keep the
+                                // documented order.
+                                tracing::debug!(%target, error = %e, "cannot tell the current version; ordering by created, then version id");
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                     return Ok(out);
                 }
                 Some(link) => {
@@ -827,6 +866,22 @@ impl KeyVaultClient {
             target: Box::new(target),
             detail: "too many pages".into(),
         })
+    }
+}
+
+/// Newest `created` first; ties by version id, descending (see [`KeyVaultClient::list_versions`]).
+fn sort_versions(v: &mut [VersionInfo]) {
+    v.sort_by(|a, b| {
+        b.created
+            .cmp(&a.created)
+            .then_with(|| b.version.cmp(&a.version))
+    });
+}
+
+/// Moves the version `current` to the front, keeping the order of the others.
+fn put_first(v: &mut [VersionInfo], current: &str) {
+    if let Some(i) = v.iter().position(|x| x.version == current) {
+        v[..=i].rotate_right(1);
     }
 }
 
@@ -919,6 +974,7 @@ mod tests {
             ),
             attempts: 3,
             retry_after: None,
+            beyond_deadline: None,
         };
         let e = error_from_response(&resp, &t, &["CANARY-TOKEN"]);
         assert!(!e.to_string().contains("CANARY"), "{e}");

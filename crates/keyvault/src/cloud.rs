@@ -80,23 +80,20 @@ impl Cloud {
                 keyvault_resource: "https://vault.azure.cn".into(),
             },
             _ => {
-                return Err(Error::Config(format!(
-                    "unknown cloud '{name}': expected AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud (or a cloud environment file)"
-                )))
+                return Err(Error::invalid_config(
+                    "cloud name",
+                    format!("unknown cloud '{name}': expected AzurePublicCloud, AzureUSGovernmentCloud or AzureChinaCloud (or a cloud environment file)"),
+                ))
             }
         })
     }
 
     /// Reads an Azure SDK for Go environment JSON file (`cloudEnvFileName`, Azure Stack).
     pub fn from_env_file(path: &Path) -> Result<Cloud, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read cloud environment file {}: {e}",
-                path.display()
-            ))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::read_file("cloud environment file", path, e))?;
         Self::from_env_json(&text)
-            .map_err(|e| Error::Config(format!("cloud environment file {}: {e}", path.display())))
+            .map_err(|e| Error::invalid_file("cloud environment file", path, e))
     }
 
     /// Parses the environment JSON (see [`Cloud::from_env_file`]).

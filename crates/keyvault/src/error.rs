@@ -3,6 +3,8 @@
 //! never a secret value or a token: server-provided messages are passed through [`sanitize`].
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ObjectKind;
@@ -58,7 +60,18 @@ impl fmt::Display for Target {
     }
 }
 
+/// A shareable I/O error ([`Error`] is `Clone`: coalesced failures are handed to every waiter).
+pub type IoSource = Arc<std::io::Error>;
+/// A shareable HTTP client error (its URL is stripped: the chain never names query strings).
+pub type HttpSource = Arc<reqwest::Error>;
+/// A shareable certificate/key error.
+pub type PkiSource = Arc<pki::PkiError>;
+
 /// The error returned by every call of this crate.
+///
+/// `Display` of a variant never repeats the message of its [`std::error::Error::source`]: print
+/// the whole chain (anyhow's `{:#}`, or [`ErrorChain`]) to see every cause once. Map errors to
+/// gRPC codes and metric labels with [`Error::kind`].
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// 404: the object, version or vault path does not exist.
@@ -85,8 +98,9 @@ pub enum Error {
         code: String,
         message: String,
     },
-    /// 429 (or a retryable 5xx) still returned when retries or the deadline ran out.
-    #[error("{target}: throttled, gave up after {attempts} attempt(s){} (HTTP {status} {code}: {message})", fmt_retry_after(.retry_after))]
+    /// 429 still returned when retries or the deadline ran out, or a `Retry-After` that asks for
+    /// a longer wait than the deadline leaves (`beyond_deadline` = the time that was left).
+    #[error("{target}: throttled ({}) (HTTP {status} {code}: {message})", fmt_throttled(*.attempts, .retry_after, .beyond_deadline))]
     Throttled {
         target: Box<Target>,
         status: u16,
@@ -94,6 +108,7 @@ pub enum Error {
         message: String,
         attempts: u32,
         retry_after: Option<Duration>,
+        beyond_deadline: Option<Duration>,
     },
     /// Any other HTTP failure (400 BadParameter, 409, 5xx after retries, ...).
     #[error("{target}: HTTP {status} {code}: {message}{}", fmt_attempts(*.attempts))]
@@ -104,7 +119,7 @@ pub enum Error {
         message: String,
         attempts: u32,
     },
-    /// The identity provider (Entra ID, IMDS) refused to issue a token.
+    /// The identity provider (Entra ID, IMDS, NMI) refused to issue a token.
     #[error("{credential}: token request failed (HTTP {status} {code}): {message}")]
     Auth {
         credential: String,
@@ -115,32 +130,197 @@ pub enum Error {
     },
     /// The credential cannot be used here (not configured, file missing, chain exhausted).
     #[error("{credential}: unavailable: {reason}")]
-    CredentialUnavailable { credential: String, reason: String },
+    CredentialUnavailable {
+        credential: String,
+        reason: String,
+        #[source]
+        source: Option<IoSource>,
+    },
     /// The overall deadline passed (including retries and rate-limit waits).
-    #[error("{target}: deadline of {deadline:?} exceeded after {attempts} attempt(s); last error: {last}")]
+    #[error("{target}: deadline of {deadline:?} exceeded after {attempts} attempt(s){}", fmt_last(.last))]
     Timeout {
         target: Box<Target>,
         deadline: Duration,
         attempts: u32,
-        last: String,
+        /// Why the last attempt failed, when it was not an HTTP client error (see `source`).
+        last: Option<String>,
+        #[source]
+        source: Option<HttpSource>,
     },
     /// Connection, TLS or I/O failure after retries.
-    #[error("{target}: transport error after {attempts} attempt(s): {detail}")]
+    #[error("{target}: transport error after {attempts} attempt(s){}", fmt_last(.last))]
     Transport {
         target: Box<Target>,
         attempts: u32,
-        detail: String,
+        /// Why the last attempt failed, when it was not an HTTP client error (see `source`).
+        last: Option<String>,
+        #[source]
+        source: Option<HttpSource>,
+    },
+    /// The response body is larger than this client accepts from that endpoint.
+    #[error(
+        "{target}: response body larger than {limit} bytes (HTTP {status}); refusing to read it"
+    )]
+    ResponseTooLarge {
+        target: Box<Target>,
+        status: u16,
+        limit: usize,
     },
     /// The server answered something this client cannot understand.
     #[error("{target}: bad response: {detail}")]
     BadResponse { target: Box<Target>, detail: String },
-    /// Bad input: a vault URL, an object name, a cloud name, a credential file.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// The vault's challenge names a resource (token audience) whose host is not the vault's
+    /// host or a parent domain of it: a token for it could be replayed elsewhere.
+    #[error("{target}: the vault's authentication challenge names resource '{resource}', which does not cover host '{host}'; refusing to send it a token (a kvbridge dev vault advertises a matching resource for the URLs it prints; for another host start it with `kvbridge dev-vault --resource https://<host>:<port>`)")]
+    ChallengeResourceMismatch {
+        target: Box<Target>,
+        resource: String,
+        host: String,
+    },
+    /// A vault URL that cannot be used.
+    #[error("invalid vault URL '{url}': {reason}")]
+    InvalidVaultUrl { url: String, reason: String },
+    /// An object name, version or other request parameter that Key Vault would refuse.
+    #[error("{target}: {reason}")]
+    InvalidRequest { target: Box<Target>, reason: String },
+    /// A file this crate was told to read (CA bundle, client certificate, azure.json, cloud
+    /// environment file) cannot be read.
+    #[error("cannot read {what} {}", .path.display())]
+    ReadFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: IoSource,
+    },
+    /// A file was read but its content is unusable.
+    #[error("{what} {}: {detail}", .path.display())]
+    InvalidFile {
+        what: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    /// Certificate or key material that cannot be used (a client certificate credential).
+    #[error("{what}")]
+    Pki {
+        what: String,
+        #[source]
+        source: PkiSource,
+    },
+    /// The HTTP client could not be built (TLS roots, options).
+    #[error("cannot build the HTTP client")]
+    HttpClient {
+        #[source]
+        source: HttpSource,
+    },
+    /// Any other bad configuration value (option, cloud name, tenant, endpoint).
+    #[error("invalid {option}: {reason}")]
+    InvalidConfig { option: String, reason: String },
 }
 
-fn fmt_retry_after(d: &Option<Duration>) -> String {
-    d.map(|d| format!(", last Retry-After {:.1}s", d.as_secs_f64()))
+/// What kind of failure an [`Error`] is: the one place that decides gRPC codes, metric labels,
+/// CLI exit wording and retry decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The object, version or vault does not exist.
+    NotFound,
+    /// The identity may not do this (or the version is disabled).
+    Forbidden,
+    /// No valid token: the credential failed, is unavailable, or the vault refused the token.
+    Unauthenticated,
+    /// Throttled by the vault or the identity provider.
+    Throttled,
+    /// The endpoint is unreachable or failing (transport errors, 5xx, 408).
+    Unavailable,
+    /// The overall deadline passed.
+    DeadlineExceeded,
+    /// The request itself is wrong (400, 409, invalid names or versions).
+    InvalidRequest,
+    /// The configuration is wrong (vault URL, files, options, challenge resource).
+    InvalidConfig,
+    /// The server answered something unusable (malformed or oversized).
+    BadResponse,
+}
+
+impl ErrorKind {
+    /// A fixed, low-cardinality label for metrics: `not_found`, `forbidden`, `unauthenticated`,
+    /// `throttled`, `unavailable`, `deadline_exceeded`, `invalid_request`, `invalid_config`,
+    /// `bad_response`.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::InvalidConfig => "invalid_config",
+            ErrorKind::BadResponse => "bad_response",
+        }
+    }
+
+    /// True for kinds worth retrying later (throttling, outages, deadlines).
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Throttled | ErrorKind::Unavailable | ErrorKind::DeadlineExceeded
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.metric_label())
+    }
+}
+
+/// Displays an error and all its sources once each, joined by ": " (what anyhow's `{:#}` does),
+/// for logs that only have a `&dyn Error`.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(e) = src {
+            write!(f, ": {e}")?;
+            src = e.source();
+        }
+        Ok(())
+    }
+}
+
+fn fmt_throttled(
+    attempts: u32,
+    retry_after: &Option<Duration>,
+    beyond: &Option<Duration>,
+) -> String {
+    match (retry_after, beyond) {
+        (Some(wait), Some(left)) => format!(
+            "asked to wait {} s, more than the remaining deadline of {} s; gave up after {attempts} attempt(s)",
+            fmt_secs(*wait),
+            fmt_secs(*left)
+        ),
+        (Some(wait), None) => format!(
+            "gave up after {attempts} attempt(s), last Retry-After {} s",
+            fmt_secs(*wait)
+        ),
+        (None, _) => format!("gave up after {attempts} attempt(s)"),
+    }
+}
+
+/// Seconds with one decimal below 100 s, whole seconds above (huge values stay readable).
+fn fmt_secs(d: Duration) -> String {
+    if d < Duration::from_secs(100) {
+        format!("{:.1}", d.as_secs_f64())
+    } else {
+        d.as_secs().to_string()
+    }
+}
+
+fn fmt_last(last: &Option<String>) -> String {
+    last.as_ref()
+        .map(|l| format!("; last error: {l}"))
         .unwrap_or_default()
 }
 
@@ -161,7 +341,8 @@ impl Error {
             | Error::Unauthorized { status, .. }
             | Error::Throttled { status, .. }
             | Error::Http { status, .. }
-            | Error::Auth { status, .. } => Some(*status),
+            | Error::Auth { status, .. }
+            | Error::ResponseTooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -179,14 +360,70 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is (gRPC code, metric label, retry decision).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Forbidden { .. } => ErrorKind::Forbidden,
+            Error::Unauthorized { .. } | Error::CredentialUnavailable { .. } => {
+                ErrorKind::Unauthenticated
+            }
+            Error::Auth { status, .. } => match status {
+                429 => ErrorKind::Throttled,
+                408 | 500.. => ErrorKind::Unavailable,
+                _ => ErrorKind::Unauthenticated,
+            },
+            Error::Throttled { .. } => ErrorKind::Throttled,
+            Error::Timeout { .. } => ErrorKind::DeadlineExceeded,
+            Error::Transport { .. } => ErrorKind::Unavailable,
+            Error::Http { status, .. } => match status {
+                429 => ErrorKind::Throttled,
+                408 | 500.. => ErrorKind::Unavailable,
+                _ => ErrorKind::InvalidRequest,
+            },
+            Error::InvalidRequest { .. } => ErrorKind::InvalidRequest,
+            Error::ResponseTooLarge { .. } | Error::BadResponse { .. } => ErrorKind::BadResponse,
+            Error::ChallengeResourceMismatch { .. }
+            | Error::InvalidVaultUrl { .. }
+            | Error::ReadFile { .. }
+            | Error::InvalidFile { .. }
+            | Error::Pki { .. }
+            | Error::HttpClient { .. }
+            | Error::InvalidConfig { .. } => ErrorKind::InvalidConfig,
+        }
+    }
+
     /// True for errors a caller may retry later (throttling, timeouts, transport, 5xx).
     pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Throttled { .. } | Error::Timeout { .. } | Error::Transport { .. } => true,
-            Error::Http { status, .. } => *status >= 500 || *status == 408,
-            Error::Auth { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
+        self.kind().is_transient()
+    }
+
+    /// An [`Error::InvalidConfig`] (for callers that validate options of their own).
+    pub fn invalid_config(option: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig {
+            option: option.into(),
+            reason: reason.into(),
         }
+    }
+
+    pub(crate) fn read_file(what: &'static str, path: &Path, e: std::io::Error) -> Self {
+        Error::ReadFile {
+            what,
+            path: path.to_path_buf(),
+            source: Arc::new(e),
+        }
+    }
+
+    pub(crate) fn invalid_file(what: &'static str, path: &Path, detail: impl Into<String>) -> Self {
+        Error::InvalidFile {
+            what,
+            path: path.to_path_buf(),
+            detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn http_source(e: reqwest::Error) -> HttpSource {
+        Arc::new(e.without_url())
     }
 }
 

@@ -26,11 +26,15 @@ pub use cloud::Cloud;
 pub use credential::{
     AccessToken, AssertionAlgorithm, AzureJsonCredential, BoxFuture, ClientCertificateCredential,
     ClientSecretCredential, CredentialOptions, DefaultCredential, EnvironmentCredential,
-    ManagedIdentityCredential, ManagedIdentityId, TokenCredential, WorkloadIdentityCredential,
-    AZURE_JSON_PATH, IMDS_ENDPOINT, TOKEN_FILE_REREAD,
+    ManagedIdentityCredential, ManagedIdentityId, PodIdentityCredential, TokenCredential,
+    WorkloadIdentityCredential, AZURE_JSON_PATH, IMDS_ENDPOINT, NMI_ENDPOINT, POD_IDENTITY_RETIRED,
+    TOKEN_FILE_REREAD,
 };
-pub use error::{Error, Target};
-pub use transport::{ClientOptions, LoopbackAwareResolver, Transport, TransportStats};
+pub use error::{Error, ErrorChain, ErrorKind, HttpSource, IoSource, PkiSource, Target};
+pub use transport::{
+    ClientOptions, LoopbackAwareResolver, Transport, TransportStats, MAX_SERVER_WAIT,
+    MAX_TOKEN_BODY, MAX_VAULT_BODY,
+};
 
 /// The three Key Vault object kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

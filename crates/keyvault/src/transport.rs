@@ -15,7 +15,7 @@ use reqwest::Method;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Target};
+use crate::error::{Error, HttpSource, Target};
 
 /// Options for the HTTP layer and the Key Vault client.
 #[derive(Debug, Clone)]
@@ -190,9 +190,19 @@ pub(crate) struct Request {
     pub bearer: Option<Zeroizing<String>>,
     /// `application/x-www-form-urlencoded` body (token requests).
     pub form: Option<Zeroizing<String>>,
+    /// Largest response body accepted (bytes); larger ones fail with
+    /// [`Error::ResponseTooLarge`] without being read further.
+    pub max_body: usize,
 }
 
+/// Response body cap for Key Vault calls: a secret value is at most 25 KB and listings are
+/// paged (25 items per page here), so 4 MiB is generous.
+pub const MAX_VAULT_BODY: usize = 4 << 20;
+/// Response body cap for token endpoints (Entra ID, IMDS, NMI): tokens are a few KB.
+pub const MAX_TOKEN_BODY: usize = 256 << 10;
+
 impl Request {
+    /// A GET to a Key Vault (body cap [`MAX_VAULT_BODY`]).
     pub(crate) fn get(url: Url) -> Self {
         Self {
             method: Method::GET,
@@ -200,6 +210,7 @@ impl Request {
             headers: Vec::new(),
             bearer: None,
             form: None,
+            max_body: MAX_VAULT_BODY,
         }
     }
 }
@@ -212,13 +223,34 @@ pub(crate) struct Response {
     pub attempts: u32,
     /// The server's last Retry-After hint, if any.
     pub retry_after: Option<Duration>,
+    /// Set when the client gave up because the server asked for a wait longer than the time
+    /// left before the deadline: the time that was left.
+    pub beyond_deadline: Option<Duration>,
 }
 
 pub(crate) fn retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// Seconds (possibly fractional, possibly absurdly large) as a Duration, saturating at
+/// [`MAX_SERVER_WAIT`] instead of panicking; `None` for negative, NaN or non-numeric input.
+fn secs_to_duration(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Some(
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(MAX_SERVER_WAIT)
+            .min(MAX_SERVER_WAIT),
+    )
+}
+
+/// Longest server-directed wait this client represents (larger hints saturate here; any wait
+/// beyond the deadline fails at once anyway). 100 years.
+pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// `retry-after-ms`, `x-ms-retry-after-ms` (milliseconds) or `Retry-After` (seconds or HTTP date).
+/// Never panics: huge values saturate at [`MAX_SERVER_WAIT`], garbage is ignored.
 pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let text = |name: &str| {
         headers
@@ -227,19 +259,22 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
             .map(str::trim)
     };
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(ms) = text(name).and_then(|v| v.parse::<f64>().ok()) {
-            if ms.is_finite() && ms >= 0.0 {
-                return Some(Duration::from_secs_f64(ms / 1000.0));
-            }
+        if let Some(d) = text(name)
+            .and_then(|v| v.parse::<f64>().ok())
+            .and_then(|ms| secs_to_duration(ms / 1000.0))
+        {
+            return Some(d);
         }
     }
     let v = text("retry-after")?;
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return secs_to_duration(secs);
     }
-    httpdate::parse_http_date(v)
-        .ok()
-        .map(|t| t.duration_since(now).unwrap_or(Duration::ZERO))
+    httpdate::parse_http_date(v).ok().map(|t| {
+        t.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_SERVER_WAIT)
+    })
 }
 
 /// A number in [0, 1) without a RNG dependency: SipHash (randomly keyed per process) of a counter.
@@ -264,24 +299,46 @@ struct Bucket {
     last: Instant,
 }
 
-fn describe_reqwest(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(inner) = src {
-        let m = inner.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = inner.source();
-    }
-    s
-}
-
 enum Last {
     Response(Response),
-    Transport(String),
+    Transport(HttpSource),
+    Stalled(String),
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    Http(reqwest::Error),
+    TooLarge,
+}
+
+/// Reads a response body chunk by chunk into zeroizing memory, refusing more than `limit`
+/// bytes (announced by Content-Length or actually sent).
+async fn read_body(
+    mut r: reqwest::Response,
+    limit: usize,
+) -> Result<Zeroizing<Vec<u8>>, BodyError> {
+    let announced = r.content_length().unwrap_or(0);
+    if announced > limit as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Zeroizing::new(Vec::with_capacity(announced as usize));
+    while let Some(chunk) = r.chunk().await.map_err(BodyError::Http)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if body.capacity() < body.len() + chunk.len() {
+            // Grow by hand so that the old buffer is wiped rather than left behind by realloc.
+            let mut bigger = Zeroizing::new(Vec::with_capacity(
+                (body.len() + chunk.len())
+                    .max(body.capacity() * 2)
+                    .min(limit),
+            ));
+            bigger.extend_from_slice(&body);
+            body = bigger;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl Transport {
@@ -301,30 +358,32 @@ impl Transport {
             }
         }
         if let Some(path) = &options.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                Error::Config(format!("cannot read CA file {}: {e}", path.display()))
+            let pem = std::fs::read(path).map_err(|e| Error::read_file("CA file", path, e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+                Error::invalid_file("CA file", path, "not a PEM certificate bundle")
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| Error::Config(format!("CA file {}: {e}", path.display())))?;
             if certs.is_empty() {
-                return Err(Error::Config(format!(
-                    "CA file {} holds no PEM certificate",
-                    path.display()
-                )));
+                return Err(Error::invalid_file(
+                    "CA file",
+                    path,
+                    "holds no PEM certificate",
+                ));
             }
             for c in certs {
                 b = b.add_root_certificate(c);
             }
         }
         if let Some(r) = options.rate_limit_per_sec {
-            if !(r.is_finite() && r > 0.0) {
-                return Err(Error::Config(format!(
-                    "rate_limit_per_sec must be positive, got {r}"
-                )));
+            // Below 1e-3/s a single wait would exceed 15 minutes: certainly a mistake.
+            if !(r.is_finite() && r >= 1e-3) {
+                return Err(Error::invalid_config(
+                    "rate_limit_per_sec",
+                    format!("must be at least 0.001 requests per second, got {r}"),
+                ));
             }
         }
-        let client = b.build().map_err(|e| {
-            Error::Config(format!("cannot build HTTP client: {}", describe_reqwest(e)))
+        let client = b.build().map_err(|e| Error::HttpClient {
+            source: Error::http_source(e),
         })?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -403,9 +462,9 @@ impl Transport {
             let wait = if b.tokens >= 1.0 {
                 Duration::ZERO
             } else {
-                Duration::from_secs_f64((1.0 - b.tokens) / rate)
+                secs_to_duration((1.0 - b.tokens) / rate).unwrap_or(MAX_SERVER_WAIT)
             };
-            if now + wait > deadline {
+            if wait > deadline.saturating_duration_since(now) {
                 return Err(wait);
             }
             b.tokens -= 1.0;
@@ -432,8 +491,12 @@ impl Transport {
         }
         if let Some(token) = &req.bearer {
             let value = Zeroizing::new(format!("Bearer {}", token.as_str()));
-            let mut hv = HeaderValue::from_str(&value)
-                .map_err(|_| Error::Config("access token contains invalid characters".into()))?;
+            let mut hv = HeaderValue::from_str(&value).map_err(|_| {
+                Error::invalid_config(
+                    "access token",
+                    "contains characters not allowed in an HTTP header",
+                )
+            })?;
             hv.set_sensitive(true);
             rb = rb.header(AUTHORIZATION, hv);
         }
@@ -446,8 +509,12 @@ impl Transport {
     }
 
     /// Sends `req` with retries. Returns the final response for any status (the caller maps
-    /// statuses to errors); returns an error only for transport failures and the deadline.
-    /// `rate_key` names the client-side rate-limit bucket (the vault origin), if any.
+    /// statuses to errors); returns an error only for transport failures, oversized bodies and
+    /// the deadline. `rate_key` names the client-side rate-limit bucket (the vault origin), if any.
+    ///
+    /// A server-directed wait (`Retry-After` and friends) longer than the time left before the
+    /// deadline is not slept: the last response is returned at once with
+    /// [`Response::beyond_deadline`] set.
     pub(crate) async fn execute(
         &self,
         req: &Request,
@@ -457,13 +524,18 @@ impl Transport {
         let o = &self.inner.options;
         let c = &self.inner.counters;
         let start = Instant::now();
-        let deadline = start + o.deadline;
-        let timeout_err = |attempts: u32, last: String| Error::Timeout {
-            target: Box::new(target.clone()),
-            deadline: o.deadline,
-            attempts,
-            last,
-        };
+        let deadline = start
+            .checked_add(o.deadline)
+            .or_else(|| start.checked_add(MAX_SERVER_WAIT))
+            .unwrap_or(start);
+        let timeout_err =
+            |attempts: u32, last: Option<String>, source: Option<HttpSource>| Error::Timeout {
+                target: Box::new(target.clone()),
+                deadline: o.deadline,
+                attempts,
+                last,
+                source,
+            };
         let mut attempt: u32 = 0;
         let mut last_hint = None;
         loop {
@@ -472,7 +544,8 @@ impl Transport {
                 if let Err(wait) = self.rate_limit(key, deadline).await {
                     return Err(timeout_err(
                         attempt - 1,
-                        format!("client-side rate limit would wait {wait:?} more"),
+                        Some(format!("client-side rate limit would wait {wait:?} more")),
+                        None,
                     ));
                 }
             }
@@ -480,7 +553,8 @@ impl Transport {
             if remaining.is_zero() {
                 return Err(timeout_err(
                     attempt - 1,
-                    "no time left for another attempt".into(),
+                    Some("no time left for another attempt".into()),
+                    None,
                 ));
             }
             let per_attempt = o.timeout.min(remaining);
@@ -489,12 +563,13 @@ impl Transport {
                 c.retries.fetch_add(1, Ordering::Relaxed);
             }
             let rb = self.build(req, per_attempt)?;
+            let limit = req.max_body;
             let sent = tokio::time::timeout(per_attempt, async {
-                let r = rb.send().await?;
+                let r = rb.send().await.map_err(|e| (0, BodyError::Http(e)))?;
                 let status = r.status().as_u16();
                 let headers = r.headers().clone();
-                let body = r.bytes().await?;
-                Ok::<_, reqwest::Error>((status, headers, Zeroizing::new(body.to_vec())))
+                let body = read_body(r, limit).await.map_err(|e| (status, e))?;
+                Ok::<_, (u16, BodyError)>((status, headers, body))
             })
             .await;
             let (last, delay, server_directed) = match sent {
@@ -512,24 +587,35 @@ impl Transport {
                         body,
                         attempts: attempt,
                         retry_after: last_hint,
+                        beyond_deadline: None,
                     };
                     if !retryable_status(status) {
                         return Ok(resp);
                     }
                     match hint {
-                        // Honour the server, plus up to 10% jitter so that callers do not return in lockstep.
-                        Some(h) => (
-                            Last::Response(resp),
-                            h + h.mul_f64(0.1 * random_unit()),
-                            true,
-                        ),
+                        // Honour the server, plus up to 10% jitter so that callers do not
+                        // return in lockstep (saturating: the hint may be absurdly large).
+                        Some(h) => {
+                            let jitter = secs_to_duration(h.as_secs_f64() * 0.1 * random_unit())
+                                .unwrap_or_default();
+                            (Last::Response(resp), h.saturating_add(jitter), true)
+                        }
                         None => (Last::Response(resp), self.backoff(attempt), false),
                     }
                 }
-                Ok(Err(e)) => {
+                Ok(Err((status, BodyError::TooLarge))) => {
+                    tracing::warn!(%target, status, limit, "response body too large; refused");
+                    return Err(Error::ResponseTooLarge {
+                        target: Box::new(target.clone()),
+                        status,
+                        limit,
+                    });
+                }
+                Ok(Err((_, BodyError::Http(e)))) => {
+                    tracing::debug!(%target, attempt, error = %crate::error::ErrorChain(&e), "transport error");
                     c.transport_errors.fetch_add(1, Ordering::Relaxed);
                     (
-                        Last::Transport(describe_reqwest(e)),
+                        Last::Transport(Error::http_source(e)),
                         self.backoff(attempt),
                         false,
                     )
@@ -537,7 +623,7 @@ impl Transport {
                 Err(_) => {
                     c.transport_errors.fetch_add(1, Ordering::Relaxed);
                     (
-                        Last::Transport(format!("no complete response within {per_attempt:?}")),
+                        Last::Stalled(format!("no complete response within {per_attempt:?}")),
                         self.backoff(attempt),
                         false,
                     )
@@ -545,29 +631,48 @@ impl Transport {
             };
             let what = match &last {
                 Last::Response(r) => format!("HTTP {}", r.status),
-                Last::Transport(d) => d.clone(),
+                Last::Transport(e) => crate::error::ErrorChain(e.as_ref()).to_string(),
+                Last::Stalled(d) => d.clone(),
+            };
+            let give_up = |last: Last, beyond: Option<Duration>| match last {
+                Last::Response(mut r) => {
+                    r.beyond_deadline = beyond;
+                    Ok(r)
+                }
+                Last::Transport(source) if beyond.is_none() => Err(Error::Transport {
+                    target: Box::new(target.clone()),
+                    attempts: attempt,
+                    last: None,
+                    source: Some(source),
+                }),
+                Last::Transport(source) => Err(timeout_err(attempt, None, Some(source))),
+                Last::Stalled(d) if beyond.is_none() => Err(Error::Transport {
+                    target: Box::new(target.clone()),
+                    attempts: attempt,
+                    last: Some(d),
+                    source: None,
+                }),
+                Last::Stalled(d) => Err(timeout_err(attempt, Some(d), None)),
             };
             if attempt > o.max_retries {
                 tracing::debug!(%target, attempts = attempt, last = %what, "retries exhausted");
-                return match last {
-                    Last::Response(r) => Ok(r),
-                    Last::Transport(detail) => Err(Error::Transport {
-                        target: Box::new(target.clone()),
-                        attempts: attempt,
-                        detail,
-                    }),
-                };
+                return give_up(last, None);
             }
-            if Instant::now() + delay >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if delay >= left {
                 tracing::debug!(%target, attempts = attempt, last = %what, wait_ms = delay.as_millis() as u64, "deadline does not allow another retry");
-                return match last {
-                    Last::Response(r) => Ok(r),
-                    Last::Transport(detail) => Err(timeout_err(attempt, detail)),
-                };
+                // A server-directed wait beyond the deadline is reported as such; a backoff
+                // that does not fit is a plain timeout.
+                return give_up(last, Some(left)).map(|mut r| {
+                    if !server_directed {
+                        r.beyond_deadline = None;
+                    }
+                    r
+                });
             }
             if server_directed {
                 c.server_waits.fetch_add(1, Ordering::Relaxed);
-                let us = delay.as_micros() as u64;
+                let us = delay.as_micros().min(u64::MAX as u128) as u64;
                 c.server_wait_us.fetch_add(us, Ordering::Relaxed);
                 let _ =
                     c.server_wait_min_us

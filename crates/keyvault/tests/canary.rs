@@ -156,12 +156,27 @@ async fn canaries_never_reach_logs_or_errors() {
         .unwrap_err();
     assert!(matches!(e, Error::BadResponse { .. }), "{e}");
     errors.push(e);
-    // Bad challenge (resource does not match the host).
+    // Bad challenge (resource does not match the host): an IP host gets vault.azure.net.
     let e = client
-        .get_secret(&env.origin(), "canary", None)
+        .get_secret(&format!("https://127.0.0.1:{}", env.port), "canary", None)
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::BadResponse { .. }), "{e}");
+    assert!(matches!(e, Error::ChallengeResourceMismatch { .. }), "{e}");
+    errors.push(e);
+    // A Retry-After beyond the deadline fails at once.
+    env.set_faults(json!({"rate_429": 1.0, "retry_after_secs": 100000}))
+        .await;
+    let e = client.get_secret(&vault, "canary", None).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Throttled {
+                beyond_deadline: Some(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
     errors.push(e);
     // 429 until retries run out, 503 until retries run out.
     env.set_faults(json!({"rate_429": 1.0, "retry_after_secs": 0}))
@@ -192,7 +207,7 @@ async fn canaries_never_reach_logs_or_errors() {
         }
     }
     // The capture worked and the error paths were really taken and logged.
-    assert_eq!(errors.len(), 10);
+    assert_eq!(errors.len(), 11);
     for needle in [
         "retrying",
         "retries exhausted",

@@ -181,15 +181,26 @@ async fn client_secret_reads_every_object_kind() {
     assert_eq!(env.count("Challenge").await, 1);
     assert_eq!(env.count("Token").await, 1);
 
-    // The same vault through https://localhost:PORT advertises resource https://vault.azure.net:
-    // refused by the SDK rule unless verification is off.
-    let e = client
-        .get_secret(&env.origin(), "open", None)
-        .await
-        .unwrap_err();
+    // The same vault through https://localhost:PORT (what the dev vault prints as its default
+    // vault) advertises resource https://localhost:PORT: verified and accepted (issue 12.6).
+    assert_eq!(
+        client
+            .get_secret(&env.origin(), "open", None)
+            .await
+            .unwrap()
+            .value
+            .as_str(),
+        "open-value"
+    );
+    // Through an IP literal it advertises https://vault.azure.net: refused by the SDK rule, and
+    // the message names a flag that exists.
+    let ip = format!("https://127.0.0.1:{}", env.port);
+    let e = client.get_secret(&ip, "open", None).await.unwrap_err();
     assert!(
-        matches!(e, Error::BadResponse { .. })
-            && e.to_string().contains("verify_challenge_resource"),
+        matches!(e, Error::ChallengeResourceMismatch { .. })
+            && e.kind() == ErrorKind::InvalidConfig
+            && e.to_string().contains("kvbridge dev-vault --resource")
+            && !e.to_string().contains("verify_challenge_resource"),
         "{e}"
     );
     let lax = KeyVaultClient::new(
@@ -204,7 +215,7 @@ async fn client_secret_reads_every_object_kind() {
     )
     .unwrap();
     assert_eq!(
-        lax.get_secret(&env.origin(), "open", None)
+        lax.get_secret(&ip, "open", None)
             .await
             .unwrap()
             .value

@@ -1,15 +1,16 @@
 use render::render::FetchKey;
 
-/// Why a mount failed. Display names the object (type/name/version) and never carries values.
+/// Why a mount failed. Display names the object (type/name/version) and never carries values;
+/// the Key Vault error is the `source()` (print the chain, e.g. anyhow's `{:#}`, to see it).
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("{}: {source}", describe(.key))]
+    #[error("{}", describe(.key))]
     Vault {
         key: FetchKey,
         #[source]
         source: keyvault::Error,
     },
-    #[error("listing versions of {kind}/{name}: {source}")]
+    #[error("listing versions of {kind}/{name}")]
     Versions {
         kind: &'static str,
         name: String,

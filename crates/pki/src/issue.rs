@@ -89,7 +89,15 @@ fn params(req: &CertRequest) -> Result<CertificateParams, PkiError> {
     }
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::minutes(5);
-    p.not_after = now + time::Duration::days(i64::from(req.validity_days));
+    p.not_after = now
+        .checked_add(time::Duration::days(i64::from(req.validity_days)))
+        .filter(|t| t.year() <= 9999)
+        .ok_or_else(|| {
+            PkiError::Issue(format!(
+                "a validity of {} days ends after the year 9999",
+                req.validity_days
+            ))
+        })?;
     let mut serial = [0u8; 16];
     ring::rand::SystemRandom::new()
         .fill(&mut serial)

@@ -20,7 +20,7 @@ pub enum ProviderError {
     #[error("{0}")]
     Identity(String),
     /// The cloud (cloudName / cloudEnvFileName) or client configuration is unusable.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(Box<keyvault::Error>),
     /// The class's `cloudEnvFileName` cannot be used.
     #[error(transparent)]
@@ -81,39 +81,30 @@ impl ProviderError {
     pub fn to_status(&self) -> tonic::Status {
         tonic::Status::new(
             self.code(),
-            format!("failed to mount objects, error: {self}"),
+            format!(
+                "failed to mount objects, error: {}",
+                keyvault::ErrorChain(self)
+            ),
         )
     }
 }
 
-/// gRPC code for a Key Vault / Entra error.
+/// gRPC code for a Key Vault / Entra error (decided by [`keyvault::Error::kind`]).
 pub fn vault_code(e: &keyvault::Error) -> Code {
-    use keyvault::Error as E;
-    match e {
-        E::NotFound { .. } => Code::NotFound,
-        E::Forbidden { .. } => Code::PermissionDenied,
-        E::Unauthorized { .. } | E::Auth { .. } | E::CredentialUnavailable { .. } => {
-            Code::Unauthenticated
-        }
-        E::Throttled { .. } => Code::ResourceExhausted,
-        E::Timeout { .. } => Code::DeadlineExceeded,
-        E::Transport { .. } => Code::Unavailable,
-        E::Http { status, .. } if *status >= 500 => Code::Unavailable,
-        E::Http { .. } | E::Config(_) => Code::InvalidArgument,
-        E::BadResponse { .. } => Code::Internal,
+    use keyvault::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => Code::NotFound,
+        K::Forbidden => Code::PermissionDenied,
+        K::Unauthenticated => Code::Unauthenticated,
+        K::Throttled => Code::ResourceExhausted,
+        K::DeadlineExceeded => Code::DeadlineExceeded,
+        K::Unavailable => Code::Unavailable,
+        K::InvalidRequest | K::InvalidConfig => Code::InvalidArgument,
+        K::BadResponse => Code::Internal,
     }
 }
 
-/// Metric label for a Key Vault call outcome (a fixed set).
+/// Metric label for a Key Vault call outcome (a fixed set: [`keyvault::ErrorKind::metric_label`]).
 pub fn vault_outcome(e: &keyvault::Error) -> &'static str {
-    use keyvault::Error as E;
-    match e {
-        E::NotFound { .. } => "not_found",
-        E::Forbidden { .. } => "forbidden",
-        E::Unauthorized { .. } | E::Auth { .. } | E::CredentialUnavailable { .. } => "unauthorized",
-        E::Throttled { .. } => "throttled",
-        E::Timeout { .. } => "timeout",
-        E::Transport { .. } => "transport_error",
-        _ => "error",
-    }
+    e.kind().metric_label()
 }

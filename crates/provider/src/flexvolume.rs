@@ -376,14 +376,14 @@ pub async fn run(args: &[String], env: &FlexEnv) -> Status {
         Some("mount") => match (args.get(1), args.get(2)) {
             (Some(dir), Some(json)) => match mount(Path::new(dir), json, env).await {
                 Ok(()) => Status::success(),
-                Err(e) => Status::failure(e.to_string()),
+                Err(e) => Status::failure(keyvault::ErrorChain(&e).to_string()),
             },
             _ => Status::failure("usage: mount <mount dir> <json options>"),
         },
         Some("unmount") => match args.get(1) {
             Some(dir) => match unmount(Path::new(dir)) {
                 Ok(()) => Status::success(),
-                Err(e) => Status::failure(e.to_string()),
+                Err(e) => Status::failure(keyvault::ErrorChain(&e).to_string()),
             },
             None => Status::failure("usage: unmount <mount dir>"),
         },

@@ -147,8 +147,9 @@ impl ProviderService {
             return Ok(cloud.clone());
         }
         if params.cloud == render::params::Cloud::AzureStackCloud {
-            return Err(ProviderError::config(keyvault::Error::Config(
-                "cloudName AzureStackCloud needs cloudEnvFileName (the Azure environment JSON file on the node)".into(),
+            return Err(ProviderError::config(keyvault::Error::invalid_config(
+                "cloudName",
+                "AzureStackCloud needs cloudEnvFileName (the Azure environment JSON file on the node)",
             )));
         }
         Cloud::by_name(params.cloud.name()).map_err(ProviderError::config)

@@ -10,11 +10,16 @@ use serde_json::{json, Value};
 use super::json::{cert_bundle, cert_item, cert_policy, deleted_extra};
 use super::keys::{generate, key_kind, key_version};
 use super::secrets::{new_attributes, parse_attributes, parse_tags, RETENTION_DAYS};
-use super::{check_name, ok_json, persist, Ctx};
+use super::{check_name, ok_json, Ctx};
 use crate::clock;
 use crate::error::{KvError, ObjectKind};
 use crate::server::App;
 use crate::state::{Attributes, CertVersion, DeletedCertificate, SecretVersion, State, Tags};
+
+/// Longest certificate validity the dev vault issues (100 years).
+pub const MAX_VALIDITY_MONTHS: u64 = 1200;
+/// The same limit in days, for seed files.
+pub const MAX_VALIDITY_DAYS: u32 = 36_500;
 
 pub const PKCS12: &str = "application/x-pkcs12";
 pub const PEM: &str = "application/x-pem-file";
@@ -255,11 +260,12 @@ pub async fn import(app: &App, ctx: &Ctx, name: &str, body: Value) -> Result<Res
         issuer: "Unknown".into(),
         policy_in,
     };
-    let bundle = app.with_state(|s| {
-        let version = add_version(s, &ctx.vault, name, new)?;
-        bundle_of(s, ctx, name, Some(&version))
-    })?;
-    persist(app).await?;
+    let bundle = app
+        .mutate(|s| {
+            let version = add_version(s, &ctx.vault, name, new)?;
+            bundle_of(s, ctx, name, Some(&version))
+        })
+        .await?;
     ok_json(bundle)
 }
 
@@ -327,10 +333,17 @@ pub async fn create(app: &App, ctx: &Ctx, name: &str, body: Value) -> Result<Res
                 .collect()
         })
         .unwrap_or_default();
-    let months = policy
-        .pointer("/x509_props/validity_months")
-        .and_then(Value::as_u64)
-        .unwrap_or(12);
+    let months = match policy.pointer("/x509_props/validity_months") {
+        None | Some(Value::Null) => 12,
+        Some(v) => v
+            .as_u64()
+            .filter(|m| (1..=MAX_VALIDITY_MONTHS).contains(m))
+            .ok_or_else(|| {
+                KvError::bad_parameter(format!(
+                    "x509_props.validity_months must be an integer from 1 to {MAX_VALIDITY_MONTHS}."
+                ))
+            })?,
+    };
     let kty = policy
         .pointer("/key_props/kty")
         .and_then(Value::as_str)
@@ -351,7 +364,7 @@ pub async fn create(app: &App, ctx: &Ctx, name: &str, body: Value) -> Result<Res
         dns_names,
         ip_addresses: Vec::new(),
         is_ca: false,
-        validity_days: (months as u32).saturating_mul(30).max(1),
+        validity_days: (months as u32) * 30,
     };
     let der = pki::self_signed(&request, &key).map_err(|e| {
         KvError::bad_parameter(format!(
@@ -367,11 +380,12 @@ pub async fn create(app: &App, ctx: &Ctx, name: &str, body: Value) -> Result<Res
         issuer: "Self".into(),
         policy_in: policy,
     };
-    let op = app.with_state(|s| {
-        let version = add_version(s, &ctx.vault, name, new)?;
-        Ok::<_, KvError>(operation_json(ctx, name, "Self", &version, "inProgress"))
-    })?;
-    persist(app).await?;
+    let op = app
+        .mutate(|s| {
+            let version = add_version(s, &ctx.vault, name, new)?;
+            Ok::<_, KvError>(operation_json(ctx, name, "Self", &version, "inProgress"))
+        })
+        .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(op)).into_response())
 }
 
@@ -445,28 +459,29 @@ fn deleted_json(ctx: &Ctx, name: &str, d: &DeletedCertificate) -> Option<Value> 
 }
 
 pub async fn delete(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    let bundle = app.with_state(|s| {
-        let v = s
-            .vaults
-            .get_mut(&ctx.vault)
-            .ok_or_else(|| KvError::not_found(ObjectKind::Certificate, name))?;
-        let certificate = v
-            .certificates
-            .remove(name)
-            .ok_or_else(|| KvError::not_found(ObjectKind::Certificate, name))?;
-        let now = clock::now();
-        let d = DeletedCertificate {
-            certificate,
-            secret: v.secrets.remove(name),
-            key: v.keys.remove(name),
-            deleted_date: now,
-            scheduled_purge_date: now + RETENTION_DAYS * 86_400,
-        };
-        let bundle = deleted_json(ctx, name, &d);
-        v.deleted_certificates.insert(name.to_string(), d);
-        bundle.ok_or_else(|| KvError::not_found(ObjectKind::Certificate, name))
-    })?;
-    persist(app).await?;
+    let bundle = app
+        .mutate(|s| {
+            let v = s
+                .vaults
+                .get_mut(&ctx.vault)
+                .ok_or_else(|| KvError::not_found(ObjectKind::Certificate, name))?;
+            let certificate = v
+                .certificates
+                .remove(name)
+                .ok_or_else(|| KvError::not_found(ObjectKind::Certificate, name))?;
+            let now = clock::now();
+            let d = DeletedCertificate {
+                certificate,
+                secret: v.secrets.remove(name),
+                key: v.keys.remove(name),
+                deleted_date: now,
+                scheduled_purge_date: now + RETENTION_DAYS * 86_400,
+            };
+            let bundle = deleted_json(ctx, name, &d);
+            v.deleted_certificates.insert(name.to_string(), d);
+            bundle.ok_or_else(|| KvError::not_found(ObjectKind::Certificate, name))
+        })
+        .await?;
     ok_json(bundle)
 }
 
@@ -482,13 +497,13 @@ pub fn get_deleted(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError
 }
 
 pub async fn purge(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    app.with_state(|s| {
+    app.mutate(|s| {
         s.vaults
             .get_mut(&ctx.vault)
             .and_then(|v| v.deleted_certificates.remove(name))
             .map(|_| ())
             .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Certificate, name))
-    })?;
-    persist(app).await?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::json::{key_bundle, key_item};
 use super::secrets::{new_attributes, parse_attributes, parse_tags};
-use super::{check_name, ok_json, persist, Ctx};
+use super::{check_name, ok_json, Ctx};
 use crate::error::{KvError, ObjectKind};
 use crate::server::App;
 use crate::state::{Attributes, KeyVersion, Tags};
@@ -130,7 +130,7 @@ pub async fn generate(kind: pki::KeyKind) -> Result<pki::PrivateKey, KvError> {
 }
 
 async fn store(app: &App, ctx: &Ctx, name: &str, kv: KeyVersion) -> Result<Response, KvError> {
-    let bundle = app.with_state(|s| {
+    let bundle = app.mutate(|s| {
         let vault = s.vault_mut(&ctx.vault);
         let entry = vault.keys.entry(name.to_string()).or_default();
         if entry.latest().map(|l| l.managed).unwrap_or(false) {
@@ -141,8 +141,8 @@ async fn store(app: &App, ctx: &Ctx, name: &str, kv: KeyVersion) -> Result<Respo
         let bundle = key_bundle(ctx, name, &kv);
         entry.versions.push(kv);
         Ok(bundle)
-    })?;
-    persist(app).await?;
+    })
+    .await?;
     ok_json(bundle)
 }
 

@@ -195,20 +195,85 @@ pub struct Ctx {
     pub query: HashMap<String, String>,
 }
 
-/// Accepted api-versions: 7.0-7.6 (and previews), 2016-10-01, and dated versions.
+/// Accepted api-versions: `7.0`-`7.6`, dated versions `YYYY-MM-DD` from `2016-10-01` on, and
+/// their previews spelled as Key Vault spells them: `-preview` or `-preview.N` (7.x) and
+/// `-preview` (dated). Any other suffix is refused.
 pub fn api_version_ok(v: &str) -> bool {
-    let core = v.strip_suffix("-preview").unwrap_or(v);
-    let core = core.split_once("-preview").map(|(c, _)| c).unwrap_or(core);
+    let (core, preview) = match v.split_once("-preview") {
+        None => (v, None),
+        Some((core, rest)) => (core, Some(rest)),
+    };
     if let Some(minor) = core.strip_prefix("7.") {
-        return matches!(minor, "0" | "1" | "2" | "3" | "4" | "5" | "6");
+        let preview_ok = match preview {
+            None | Some("") => true,
+            Some(rest) => rest.strip_prefix('.').is_some_and(|n| {
+                (1..=2).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit())
+            }),
+        };
+        return preview_ok && matches!(minor, "0" | "1" | "2" | "3" | "4" | "5" | "6");
     }
     let parts: Vec<&str> = core.split('-').collect();
-    parts.len() == 3
+    let date_ok = parts.len() == 3
         && parts[0].len() == 4
         && parts[1].len() == 2
         && parts[2].len() == 2
         && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit()))
-        && core >= "2016-10-01"
+        && ("01"..="12").contains(&parts[1])
+        && ("01"..="31").contains(&parts[2])
+        && core >= "2016-10-01";
+    date_ok && matches!(preview, None | Some(""))
+}
+
+/// Key Vault's vault name rules: 3-24 characters of letters, digits and hyphens, starting with
+/// a letter, ending with a letter or digit, no consecutive hyphens.
+pub fn valid_vault_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    (3..=24).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0].is_ascii_alphabetic()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("--")
+}
+
+/// A syntactically valid `Host` header: a DNS name (letters, digits, hyphens, dots; at most 253
+/// characters), an IPv4 literal or a bracketed IPv6 literal, with an optional port. Ids,
+/// `nextLink` and vault names are built from it, so nothing else is let through.
+pub fn valid_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            a => ("", a.strip_prefix(':').unwrap_or("x")),
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) => (n, p),
+            None => (host, ""),
+        }
+    };
+    let port_ok = port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok());
+    if !port_ok {
+        return false;
+    }
+    if name.is_empty() {
+        return host.starts_with('[');
+    }
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 fn host_of(headers: &HeaderMap, app: &App) -> String {
@@ -246,7 +311,8 @@ fn challenge_resource(app: &App, host: &str) -> String {
     if let Some(r) = &app.resource_override {
         return r.clone();
     }
-    if hostname(host).ends_with(".localhost") {
+    let name = hostname(host).to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
         format!("https://localhost:{}", app.port)
     } else {
         "https://vault.azure.net".to_string()
@@ -262,6 +328,22 @@ fn unauthorized(app: &App, host: &str, message: String) -> KvError {
     );
     KvError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
         .with_header("www-authenticate", challenge)
+}
+
+/// The token audiences this dev vault accepts: the resources it advertises (`--resource`, or
+/// `https://localhost:PORT`) and the public, China and US Gov Key Vault resources. Never
+/// anything derived from the request's Host header.
+pub fn accepted_audiences(app: &App) -> Vec<String> {
+    let mut accepted = vec![
+        "https://vault.azure.net".to_string(),
+        "https://vault.azure.cn".to_string(),
+        "https://vault.usgovcloudapi.net".to_string(),
+        format!("https://localhost:{}", app.port),
+    ];
+    if let Some(r) = &app.resource_override {
+        accepted.push(r.clone());
+    }
+    accepted
 }
 
 fn authenticate(app: &App, headers: &HeaderMap, host: &str) -> Result<Claims, KvError> {
@@ -291,16 +373,7 @@ fn authenticate(app: &App, headers: &HeaderMap, host: &str) -> Result<Claims, Kv
             };
             unauthorized(app, host, msg.to_string())
         })?;
-    let mut accepted = vec![
-        "https://vault.azure.net".to_string(),
-        "https://vault.azure.cn".to_string(),
-        "https://vault.usgovcloudapi.net".to_string(),
-        format!("https://localhost:{}", app.port),
-        format!("https://{host}"),
-    ];
-    if let Some(r) = &app.resource_override {
-        accepted.push(r.clone());
-    }
+    let accepted = accepted_audiences(app);
     if !audience_matches(&claims.aud, &accepted) {
         return Err(unauthorized(
             app,
@@ -354,14 +427,37 @@ fn authorize(app: &App, vault: &str, op: &Op, claims: &Claims) -> Result<(), KvE
     }
 }
 
+/// Largest request body the data plane reads (a PFX import is a few KB; a secret at most 25 KB).
+pub const MAX_REQUEST_BODY: usize = 1 << 20;
+
 /// The fallback handler: every data-plane request lands here.
 pub async fn data_plane(
     AxState(app): AxState<Arc<App>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let e = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                KvError::new(
+                    status,
+                    "RequestBodyTooLarge",
+                    format!("The request body is larger than the dev vault accepts ({MAX_REQUEST_BODY} bytes)."),
+                )
+            } else {
+                KvError::new(
+                    status,
+                    "BadParameter",
+                    "The request body could not be read.",
+                )
+            };
+            return with_service_headers(e.into_response());
+        }
+    };
     let resp = match handle(&app, &method, &uri, &headers, body).await {
         Ok(r) => r,
         Err(e) => {
@@ -425,8 +521,18 @@ async fn handle(
     if let Some(d) = app.faults.latency(true) {
         tokio::time::sleep(d).await;
     }
+    if !valid_host(&host) {
+        return Err(KvError::bad_parameter(
+            "The Host header is not a valid host name (letters, digits, '-' and '.', optionally :PORT).",
+        ));
+    }
     let default_vault = app.with_state(|s| s.default_vault());
     let vault = vault_for_host(&host, &default_vault);
+    if !valid_vault_name(&vault) {
+        return Err(KvError::bad_parameter(format!(
+            "'{vault}' is not a valid vault name: vault names are 3-24 characters of letters, digits and '-', start with a letter, end with a letter or digit and have no consecutive hyphens."
+        )));
+    }
     let injected = app.faults.random_fault(true);
     if injected.is_some() {
         // A throttled or failed call is still a call the client made.
@@ -512,14 +618,6 @@ fn throttled(retry_after_secs: u64) -> KvError {
         "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached",
     )
     .with_header("retry-after", retry_after_secs.to_string())
-}
-
-/// Persists after a mutation, mapping a disk failure to a 500 the client can see.
-pub(crate) async fn persist(app: &App) -> Result<(), KvError> {
-    app.persist().await.map_err(|e| {
-        tracing::error!(error = %e, "state write failed");
-        KvError::internal(format!("the dev vault could not save its state: {e}"))
-    })
 }
 
 pub(crate) fn ok_json(value: serde_json::Value) -> Result<Response, KvError> {
@@ -638,7 +736,22 @@ mod tests {
         ] {
             assert!(api_version_ok(ok), "{ok}");
         }
-        for bad in ["", "7.9", "8.0", "latest", "2015-06-01", "2025-7-1"] {
+        for bad in [
+            "",
+            "7.9",
+            "8.0",
+            "latest",
+            "2015-06-01",
+            "2025-7-1",
+            "7.4-previewXYZ",
+            "7.6-preview.2.evil",
+            "7.6-preview.x",
+            "7.6-preview.",
+            "2026-04-01-preview.1",
+            "2026-04-01-previewfoo",
+            "2026-13-01",
+            "7.4-preview-preview",
+        ] {
             assert!(!api_version_ok(bad), "{bad}");
         }
     }

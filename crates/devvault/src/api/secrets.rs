@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::json::{deleted_extra, page, secret_bundle, secret_item};
-use super::{check_name, ok_json, persist, Ctx};
+use super::{check_name, ok_json, Ctx};
 use crate::clock;
 use crate::error::{KvError, ObjectKind};
 use crate::server::App;
@@ -113,7 +113,7 @@ pub async fn set(app: &App, ctx: &Ctx, name: &str, body: Value) -> Result<Respon
         kid: None,
         managed: false,
     };
-    let bundle = app.with_state(|s| {
+    let bundle = app.mutate(|s| {
         let vault = s.vault_mut(&ctx.vault);
         if vault.deleted_secrets.contains_key(name) {
             return Err(deleted_conflict(name));
@@ -127,8 +127,8 @@ pub async fn set(app: &App, ctx: &Ctx, name: &str, body: Value) -> Result<Respon
         let bundle = secret_bundle(ctx, name, &version, true);
         entry.versions.push(version);
         Ok(bundle)
-    })?;
-    persist(app).await?;
+    })
+    .await?;
     ok_json(bundle)
 }
 
@@ -187,33 +187,34 @@ pub async fn update(
     body: Value,
 ) -> Result<Response, KvError> {
     let tags = parse_tags(&body)?;
-    let bundle = app.with_state(|s| {
-        let vs = s
-            .vaults
-            .get_mut(&ctx.vault)
-            .and_then(|v| v.secrets.get_mut(name))
-            .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
-        let sv = match version {
-            None => vs.versions.last_mut(),
-            Some(v) => vs.get_mut(v),
-        }
-        .ok_or_else(|| {
-            KvError::version_not_found(ObjectKind::Secret, name, version.unwrap_or(""))
-        })?;
-        let mut attrs = parse_attributes(&body, sv.attributes.clone())?;
-        attrs.updated = clock::now();
-        sv.attributes = attrs;
-        match body.get("contentType") {
-            Some(Value::String(ct)) => sv.content_type = Some(ct.clone()),
-            Some(Value::Null) | None => {}
-            Some(_) => return Err(KvError::bad_parameter("contentType must be a string.")),
-        }
-        if tags.is_some() {
-            sv.tags = tags;
-        }
-        Ok(secret_bundle(ctx, name, sv, false))
-    })?;
-    persist(app).await?;
+    let bundle = app
+        .mutate(|s| {
+            let vs = s
+                .vaults
+                .get_mut(&ctx.vault)
+                .and_then(|v| v.secrets.get_mut(name))
+                .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
+            let sv = match version {
+                None => vs.versions.last_mut(),
+                Some(v) => vs.get_mut(v),
+            }
+            .ok_or_else(|| {
+                KvError::version_not_found(ObjectKind::Secret, name, version.unwrap_or(""))
+            })?;
+            let mut attrs = parse_attributes(&body, sv.attributes.clone())?;
+            attrs.updated = clock::now();
+            sv.attributes = attrs;
+            match body.get("contentType") {
+                Some(Value::String(ct)) => sv.content_type = Some(ct.clone()),
+                Some(Value::Null) | None => {}
+                Some(_) => return Err(KvError::bad_parameter("contentType must be a string.")),
+            }
+            if tags.is_some() {
+                sv.tags = tags;
+            }
+            Ok(secret_bundle(ctx, name, sv, false))
+        })
+        .await?;
     ok_json(bundle)
 }
 
@@ -232,37 +233,38 @@ fn deleted_bundle(ctx: &Ctx, name: &str, d: &Deleted<SecretVersion>) -> Option<V
 }
 
 pub async fn delete(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    let bundle = app.with_state(|s| {
-        let vault = s
-            .vaults
-            .get_mut(&ctx.vault)
-            .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
-        let managed = vault
-            .secrets
-            .get(name)
-            .and_then(|v| v.latest())
-            .map(|l| l.managed)
-            .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
-        if managed {
-            return Err(KvError::forbidden(format!(
+    let bundle = app
+        .mutate(|s| {
+            let vault = s
+                .vaults
+                .get_mut(&ctx.vault)
+                .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
+            let managed = vault
+                .secrets
+                .get(name)
+                .and_then(|v| v.latest())
+                .map(|l| l.managed)
+                .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
+            if managed {
+                return Err(KvError::forbidden(format!(
                 "Secret {name} is managed by certificate {name}: delete the certificate instead."
             )));
-        }
-        let object = vault
-            .secrets
-            .remove(name)
-            .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
-        let now = clock::now();
-        let d = Deleted {
-            object,
-            deleted_date: now,
-            scheduled_purge_date: now + RETENTION_DAYS * 86_400,
-        };
-        let bundle = deleted_bundle(ctx, name, &d);
-        vault.deleted_secrets.insert(name.to_string(), d);
-        bundle.ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))
-    })?;
-    persist(app).await?;
+            }
+            let object = vault
+                .secrets
+                .remove(name)
+                .ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))?;
+            let now = clock::now();
+            let d = Deleted {
+                object,
+                deleted_date: now,
+                scheduled_purge_date: now + RETENTION_DAYS * 86_400,
+            };
+            let bundle = deleted_bundle(ctx, name, &d);
+            vault.deleted_secrets.insert(name.to_string(), d);
+            bundle.ok_or_else(|| KvError::not_found(ObjectKind::Secret, name))
+        })
+        .await?;
     ok_json(bundle)
 }
 
@@ -304,40 +306,41 @@ pub fn list_deleted(app: &App, ctx: &Ctx) -> Result<Response, KvError> {
 }
 
 pub async fn recover(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    let bundle = app.with_state(|s| {
-        let vault = s
-            .vaults
-            .get_mut(&ctx.vault)
-            .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Secret, name))?;
-        if vault.secrets.contains_key(name) {
-            return Err(KvError::conflict(format!(
-                "Secret {name} already exists; there is nothing to recover."
-            )));
-        }
-        let d = vault
-            .deleted_secrets
-            .remove(name)
-            .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Secret, name))?;
-        let bundle = d
-            .object
-            .latest()
-            .map(|l| secret_bundle(ctx, name, l, false))
-            .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Secret, name))?;
-        vault.secrets.insert(name.to_string(), d.object);
-        Ok(bundle)
-    })?;
-    persist(app).await?;
+    let bundle = app
+        .mutate(|s| {
+            let vault = s
+                .vaults
+                .get_mut(&ctx.vault)
+                .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Secret, name))?;
+            if vault.secrets.contains_key(name) {
+                return Err(KvError::conflict(format!(
+                    "Secret {name} already exists; there is nothing to recover."
+                )));
+            }
+            let d = vault
+                .deleted_secrets
+                .remove(name)
+                .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Secret, name))?;
+            let bundle = d
+                .object
+                .latest()
+                .map(|l| secret_bundle(ctx, name, l, false))
+                .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Secret, name))?;
+            vault.secrets.insert(name.to_string(), d.object);
+            Ok(bundle)
+        })
+        .await?;
     ok_json(bundle)
 }
 
 pub async fn purge(app: &App, ctx: &Ctx, name: &str) -> Result<Response, KvError> {
-    app.with_state(|s| {
+    app.mutate(|s| {
         s.vaults
             .get_mut(&ctx.vault)
             .and_then(|v| v.deleted_secrets.remove(name))
             .map(|_| ())
             .ok_or_else(|| KvError::deleted_not_found(ObjectKind::Secret, name))
-    })?;
-    persist(app).await?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -41,16 +41,16 @@ impl AzureJsonCredential {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             Error::CredentialUnavailable {
                 credential: format!("azure.json credential ({})", path.display()),
-                reason: format!("cannot read: {e}"),
+                reason: "cannot read the file".into(),
+                source: Some(std::sync::Arc::new(e)),
             }
         })?);
         let v: Value = serde_json::from_str(&text).map_err(|e| {
-            Error::Config(format!(
-                "{}: not valid JSON (line {}, column {})",
-                path.display(),
-                e.line(),
-                e.column()
-            ))
+            Error::invalid_file(
+                "azure.json",
+                path,
+                format!("not valid JSON (line {}, column {})", e.line(), e.column()),
+            )
         })?;
         let s = |k: &str| {
             v.get(k)
@@ -67,10 +67,11 @@ impl AzureJsonCredential {
             match std::env::var_os("AZURE_ENVIRONMENT_FILEPATH") {
                 Some(p) => Cloud::from_env_file(Path::new(&p))?,
                 None => {
-                    return Err(Error::Config(format!(
-                        "{}: cloud AzureStackCloud needs AZURE_ENVIRONMENT_FILEPATH",
-                        path.display()
-                    )))
+                    return Err(Error::invalid_file(
+                        "azure.json",
+                        path,
+                        "cloud AzureStackCloud needs AZURE_ENVIRONMENT_FILEPATH",
+                    ))
                 }
             }
         } else {
@@ -129,6 +130,7 @@ impl AzureJsonCredential {
                 credential: format!("azure.json credential ({})", path.display()),
                 reason: "no managed identity, client secret or client certificate configured"
                     .into(),
+                source: None,
             });
         };
         Ok(Self {

@@ -51,6 +51,13 @@ impl fmt::Debug for ClientCertificateCredential {
     }
 }
 
+fn pki_err(what: String, e: pki::PkiError) -> Error {
+    Error::Pki {
+        what,
+        source: std::sync::Arc::new(e),
+    }
+}
+
 impl ClientCertificateCredential {
     /// PEM file with the private key (PKCS#8/PKCS#1/SEC1) and the certificate (leaf first or any order).
     pub fn from_pem(
@@ -59,15 +66,11 @@ impl ClientCertificateCredential {
         client_id: &str,
         path: &Path,
     ) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read client certificate {}: {e}",
-                path.display()
-            ))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::read_file("client certificate", path, e))?;
         let text = Zeroizing::new(text);
         let bundle = pki::parse_pem_bundle(&text)
-            .map_err(|e| Error::Config(format!("client certificate {}: {e}", path.display())))?;
+            .map_err(|e| pki_err(format!("client certificate {}", path.display()), e))?;
         Self::from_bundle(
             authority_host,
             tenant,
@@ -85,14 +88,11 @@ impl ClientCertificateCredential {
         path: &Path,
         password: &str,
     ) -> Result<Self, Error> {
-        let der = Zeroizing::new(std::fs::read(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read client certificate {}: {e}",
-                path.display()
-            ))
-        })?);
+        let der = Zeroizing::new(
+            std::fs::read(path).map_err(|e| Error::read_file("client certificate", path, e))?,
+        );
         let bundle = pki::parse_pfx(&der, password)
-            .map_err(|e| Error::Config(format!("client certificate {}: {e}", path.display())))?;
+            .map_err(|e| pki_err(format!("client certificate {}", path.display()), e))?;
         Self::from_bundle(
             authority_host,
             tenant,
@@ -110,12 +110,8 @@ impl ClientCertificateCredential {
         path: &Path,
         password: Option<&str>,
     ) -> Result<Self, Error> {
-        let head = std::fs::read(path).map_err(|e| {
-            Error::Config(format!(
-                "cannot read client certificate {}: {e}",
-                path.display()
-            ))
-        })?;
+        let head =
+            std::fs::read(path).map_err(|e| Error::read_file("client certificate", path, e))?;
         let head = Zeroizing::new(head);
         if head.windows(10).any(|w| w == b"-----BEGIN") {
             Self::from_pem(authority_host, tenant, client_id, path)
@@ -137,11 +133,11 @@ impl ClientCertificateCredential {
         bundle: pki::CertBundle,
         source: &str,
     ) -> Result<Self, Error> {
-        let key = bundle
-            .key
-            .ok_or_else(|| Error::Config(format!("client certificate {source}: no private key")))?;
-        let spki = pki::spki_der(&key)
-            .map_err(|e| Error::Config(format!("client certificate {source}: {e}")))?;
+        let key = bundle.key.ok_or_else(|| {
+            Error::invalid_config("client certificate", format!("{source}: no private key"))
+        })?;
+        let spki =
+            pki::spki_der(&key).map_err(|e| pki_err(format!("client certificate {source}"), e))?;
         let leaf_idx = bundle
             .certs
             .iter()
@@ -151,9 +147,10 @@ impl ClientCertificateCredential {
                     .unwrap_or(false)
             })
             .ok_or_else(|| {
-                Error::Config(format!(
-                    "client certificate {source}: no certificate matches the private key"
-                ))
+                Error::invalid_config(
+                    "client certificate",
+                    format!("{source}: no certificate matches the private key"),
+                )
             })?;
         let leaf = bundle.certs[leaf_idx].clone();
         let chain = bundle.certs;
@@ -190,7 +187,7 @@ impl ClientCertificateCredential {
     /// The signed client assertion for `audience` (the token endpoint).
     pub fn assertion(&self, audience: &str) -> Result<Zeroizing<String>, Error> {
         let info = pki::cert_info(&self.leaf)
-            .map_err(|e| Error::Config(format!("client certificate {}: {e}", self.source)))?;
+            .map_err(|e| pki_err(format!("client certificate {}", self.source), e))?;
         let (alg, mut header) = match (self.key.kind(), self.algorithm) {
             (pki::KeyKind::Rsa { .. }, AssertionAlgorithm::Rs256) => (
                 "RS256",
@@ -209,10 +206,10 @@ impl ClientCertificateCredential {
                 json!({"alg": "ES384", "typ": "JWT", "x5t#S256": B64URL.encode(info.sha256_thumbprint)}),
             ),
             (kind, _) => {
-                return Err(Error::Config(format!(
-                    "client certificate {}: unsupported key type {kind:?}",
-                    self.source
-                )))
+                return Err(Error::invalid_config(
+                    "client certificate",
+                    format!("{}: unsupported key type {kind:?}", self.source),
+                ))
             }
         };
         if self.send_x5c {
@@ -239,10 +236,13 @@ impl ClientCertificateCredential {
             B64URL.encode(claims.to_string())
         );
         let sig = pki::jws_sign(alg, &self.key, input.as_bytes()).map_err(|e| {
-            Error::Config(format!(
-                "client certificate {}: cannot sign assertion: {e}",
-                self.source
-            ))
+            pki_err(
+                format!(
+                    "client certificate {}: cannot sign the assertion",
+                    self.source
+                ),
+                e,
+            )
         })?;
         Ok(Zeroizing::new(format!("{input}.{}", B64URL.encode(sig))))
     }

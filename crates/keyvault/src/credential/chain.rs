@@ -119,8 +119,9 @@ impl TokenCredential for DefaultCredential {
                         | Error::Transport { .. }
                         | Error::Timeout { .. }),
                     ) => {
+                        let e = crate::error::ErrorChain(&e).to_string();
                         tracing::debug!(credential = %c.describe(), error = %e, "credential unavailable; trying the next");
-                        failures.push(e.to_string());
+                        failures.push(e);
                     }
                     Err(e) => return Err(e),
                 }
@@ -128,6 +129,7 @@ impl TokenCredential for DefaultCredential {
             Err(Error::CredentialUnavailable {
                 credential: "default credential chain".into(),
                 reason: failures.join("; "),
+                source: None,
             })
         })
     }

@@ -45,6 +45,7 @@ impl EnvironmentCredential {
         let unavailable = |reason: &str| Error::CredentialUnavailable {
             credential: "environment credential".into(),
             reason: reason.into(),
+            source: None,
         };
         let client_id =
             var("AZURE_CLIENT_ID").ok_or_else(|| unavailable("AZURE_CLIENT_ID is not set"))?;

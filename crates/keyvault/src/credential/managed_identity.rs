@@ -6,7 +6,7 @@ use url::Url;
 
 use super::{parse_token_response, target_for, AccessToken, BoxFuture, TokenCredential};
 use crate::error::Error;
-use crate::transport::{Request, Transport};
+use crate::transport::{Request, Transport, MAX_TOKEN_BODY};
 
 /// Which managed identity IMDS should issue a token for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl ManagedIdentityCredential {
             .unwrap_or(IMDS_ENDPOINT)
             .trim();
         let mut url = Url::parse(raw).map_err(|e| {
-            Error::Config(format!("invalid managed identity endpoint '{raw}': {e}"))
+            Error::invalid_config("managed identity endpoint", format!("'{raw}': {e}"))
         })?;
         if url.path() == "/" || url.path().is_empty() {
             url.set_path(IMDS_PATH);
@@ -100,6 +100,7 @@ impl TokenCredential for ManagedIdentityCredential {
                 }
             }
             let mut req = Request::get(url.clone());
+            req.max_body = MAX_TOKEN_BODY;
             if self.metadata_header {
                 req.headers.push(("metadata", "true".into()));
             }

@@ -1,12 +1,13 @@
 //! Entra ID credentials: client secret, client certificate (PEM/PFX), workload identity
 //! (federated token file or a handed-in token), managed identity (IMDS), environment
-//! variables, AKS `azure.json`, and the default chain.
+//! variables, AKS `azure.json`, AAD Pod Identity (NMI, retired), and the default chain.
 
 mod azure_json;
 mod certificate;
 mod chain;
 mod environment;
 mod managed_identity;
+mod pod_identity;
 mod response;
 mod secret;
 mod workload;
@@ -16,6 +17,7 @@ pub use certificate::{AssertionAlgorithm, ClientCertificateCredential};
 pub use chain::DefaultCredential;
 pub use environment::EnvironmentCredential;
 pub use managed_identity::{ManagedIdentityCredential, ManagedIdentityId, IMDS_ENDPOINT};
+pub use pod_identity::{PodIdentityCredential, NMI_ENDPOINT, POD_IDENTITY_RETIRED};
 pub(crate) use response::parse_token_response;
 pub use secret::ClientSecretCredential;
 pub use workload::{WorkloadIdentityCredential, TOKEN_FILE_REREAD};
@@ -32,7 +34,7 @@ use zeroize::Zeroizing;
 
 use crate::cloud::Cloud;
 use crate::error::{Error, Target};
-use crate::transport::{Request, Transport};
+use crate::transport::{Request, Transport, MAX_TOKEN_BODY};
 
 /// A boxed, sendable future (the trait is object-safe without `async-trait`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -166,9 +168,10 @@ fn pick_tenant(
         None => configured,
     };
     if !valid_tenant(chosen) {
-        return Err(Error::Config(format!(
-            "{credential}: no usable tenant id (configured '{configured}', none from the vault challenge)"
-        )));
+        return Err(Error::invalid_config(
+            "tenant id",
+            format!("{credential}: no usable tenant id (configured '{configured}', none from the vault challenge)"),
+        ));
     }
     Ok(chosen.to_string())
 }
@@ -191,7 +194,7 @@ fn normalize_authority(host: &str) -> String {
 pub(crate) fn token_endpoint(authority_host: &str, tenant: &str) -> Result<Url, Error> {
     Url::parse(authority_host)
         .and_then(|u| u.join(&format!("{tenant}/oauth2/v2.0/token")))
-        .map_err(|e| Error::Config(format!("invalid authority host '{authority_host}': {e}")))
+        .map_err(|e| Error::invalid_config("authority host", format!("'{authority_host}': {e}")))
 }
 
 fn target_for(credential: &str, url: &Url) -> Target {
@@ -220,6 +223,7 @@ async fn request_token(
         headers: vec![("accept", "application/json".into())],
         bearer: None,
         form: Some(body),
+        max_body: MAX_TOKEN_BODY,
     };
     tracing::debug!(credential, endpoint = %target.vault, "requesting token");
     let resp = transport.execute(&req, &target, None).await?;

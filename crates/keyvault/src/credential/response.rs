@@ -44,22 +44,41 @@ pub(crate) fn parse_token_response(
             detail: "token response without access_token".into(),
         });
     };
+    token_from_json(credential, &v, token)
+}
+
+/// Longest token lifetime believed (managed identity tokens live about 24 h); a server that
+/// claims more is clamped so a hostile or broken endpoint cannot pin a token forever.
+pub(crate) const MAX_TOKEN_LIFETIME_SECS: i64 = 25 * 3600;
+
+/// An [`AccessToken`] from `access_token` plus `expires_on` (absolute, seconds) or
+/// `expires_in` (relative), numbers or numeric strings; one hour when neither is usable.
+pub(crate) fn token_from_json(
+    credential: &str,
+    v: &Value,
+    token: &str,
+) -> Result<AccessToken, Error> {
     let now = now_secs();
     let expires_on = v
         .get("expires_on")
         .and_then(num_or_string)
         .filter(|e| *e > 1_000_000_000)
-        .or_else(|| v.get("expires_in").and_then(num_or_string).map(|s| now + s))
+        .or_else(|| {
+            v.get("expires_in")
+                .and_then(num_or_string)
+                .map(|s| now.saturating_add(s))
+        })
         .unwrap_or_else(|| {
             tracing::debug!(
                 credential,
                 "token response without expiry; assuming one hour"
             );
             now + 3600
-        });
+        })
+        .clamp(0, now.saturating_add(MAX_TOKEN_LIFETIME_SECS));
     Ok(AccessToken {
         token: Zeroizing::new(token.to_string()),
-        expires_on: UNIX_EPOCH + Duration::from_secs(expires_on.max(0) as u64),
+        expires_on: UNIX_EPOCH + Duration::from_secs(expires_on as u64),
     })
 }
 
@@ -124,6 +143,7 @@ mod tests {
             body: Zeroizing::new(body.as_bytes().to_vec()),
             attempts: 1,
             retry_after: None,
+            beyond_deadline: None,
         }
     }
 
@@ -140,20 +160,29 @@ mod tests {
         assert_eq!(ok.token.as_str(), "abc");
         let left = ok.expires_on.duration_since(SystemTime::now()).unwrap();
         assert!(left > Duration::from_secs(3590) && left <= Duration::from_secs(3600));
+        let on = now_secs() + 1234;
         let imds = parse_token_response(
             "c",
             &t,
             &resp(
                 200,
-                r#"{"access_token":"x","expires_in":"100","expires_on":"1900000000"}"#,
+                &format!(r#"{{"access_token":"x","expires_in":"100","expires_on":"{on}"}}"#),
             ),
             &[],
         )
         .unwrap();
-        assert_eq!(
-            imds.expires_on,
-            UNIX_EPOCH + Duration::from_secs(1_900_000_000)
-        );
+        assert_eq!(imds.expires_on, UNIX_EPOCH + Duration::from_secs(on as u64));
+        // Absurd lifetimes (a hostile or broken endpoint) are clamped, never overflow.
+        for body in [
+            r#"{"access_token":"x","expires_on":"1900000000000"}"#.to_string(),
+            format!(r#"{{"access_token":"x","expires_in":{}}}"#, i64::MAX),
+            r#"{"access_token":"x","expires_in":1e300}"#.to_string(),
+            r#"{"access_token":"x","expires_in":"-1e300"}"#.to_string(),
+        ] {
+            let tok = parse_token_response("c", &t, &resp(200, &body), &[]).unwrap();
+            let max = SystemTime::now() + Duration::from_secs(MAX_TOKEN_LIFETIME_SECS as u64 + 5);
+            assert!(tok.expires_on <= max, "{body}");
+        }
         assert!(!format!("{ok:?}").contains("abc"));
 
         let e = parse_token_response(

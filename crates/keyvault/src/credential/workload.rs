@@ -115,7 +115,8 @@ impl WorkloadIdentityCredential {
                 let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
                     Error::CredentialUnavailable {
                         credential: self.describe(),
-                        reason: format!("cannot read federated token file: {e}"),
+                        reason: format!("cannot read federated token file {}", path.display()),
+                        source: Some(std::sync::Arc::new(e)),
                     }
                 })?);
                 let token = Zeroizing::new(text.trim().to_string());
@@ -123,6 +124,7 @@ impl WorkloadIdentityCredential {
                     return Err(Error::CredentialUnavailable {
                         credential: self.describe(),
                         reason: "federated token file is empty".into(),
+                        source: None,
                     });
                 }
                 tracing::debug!(path = %path.display(), "read federated token file");
