@@ -667,3 +667,55 @@ async fn environment_azure_json_cloud_file_and_default_chain() {
     let e = read_open(&env, Arc::new(d)).await.unwrap_err();
     assert_eq!(e.code(), Some("AADSTS7000215"), "{e}");
 }
+
+/// AAD Pod Identity end to end over real HTTPS: the dev vault's NMI stand-in issues a token for
+/// the identity bound to the pod, and the vault accepts it (issue 12.7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_identity_through_the_dev_vault_nmi() {
+    let env = Env::start().await;
+    let endpoint = format!("{}/host/token/", env.origin());
+    let cred = PodIdentityCredential::new(Some(&endpoint), "default", "app-0")
+        .unwrap()
+        .with_transport(env.transport());
+    assert!(cred.describe().contains("default/app-0"));
+    let client = env.client(Arc::new(cred));
+    let s = client.get_secret(&env.vault(), "open", None).await.unwrap();
+    assert_eq!(s.value.as_str(), "open-value");
+    assert_eq!(env.count("PodIdentityToken").await, 1);
+
+    // The binding's identity decides the access: list-only may not get.
+    let other = PodIdentityCredential::new(Some(&endpoint), "other", "app-1")
+        .unwrap()
+        .with_transport(env.transport());
+    let e = env
+        .client(Arc::new(other))
+        .get_secret(&env.vault(), "open", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Forbidden { .. }), "{e}");
+
+    // No binding for the pod: NMI's 404, as an authentication failure naming the pod.
+    let nobody = PodIdentityCredential::new(Some(&endpoint), "default", "unbound")
+        .unwrap()
+        .with_transport(env.transport());
+    let e = env
+        .client(Arc::new(nobody))
+        .get_secret(&env.vault(), "open", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Auth { status: 404, .. })
+            && e.to_string().contains("pod:default/unbound"),
+        "{e}"
+    );
+    // A client id the pod is not bound to.
+    let wrong = PodIdentityCredential::new(Some(&endpoint), "default", "app-0")
+        .unwrap()
+        .with_client_id(Some("full-app"))
+        .with_transport(env.transport());
+    let e = wrong
+        .get_token("https://vault.azure.net/.default", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Auth { status: 404, .. }), "{e}");
+}

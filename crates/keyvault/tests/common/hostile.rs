@@ -82,7 +82,10 @@ async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = s.shutdown().await;
         }
         Reply::Endless { head, max_bytes } => {
-            if s.write_all(format!("{head}\r\n\r\n").as_bytes()).await.is_err() {
+            if s.write_all(format!("{head}\r\n\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
             let chunk = vec![b'A'; 64 * 1024];
@@ -110,7 +113,10 @@ impl Hostile {
         Self::start(script, true).await
     }
 
-    async fn start(script: impl Fn(usize, &str) -> Reply + Send + Sync + 'static, tls: bool) -> Hostile {
+    async fn start(
+        script: impl Fn(usize, &str) -> Reply + Send + Sync + 'static,
+        tls: bool,
+    ) -> Hostile {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -120,7 +126,11 @@ impl Hostile {
         let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (acceptor, ca) = if tls {
             let files = devvault::tls::TlsFiles::in_dir(dir.path());
-            let config = devvault::tls::ensure(&files, &devvault::tls::wanted_sans(&["hostile".to_string()])).unwrap();
+            let config = devvault::tls::ensure(
+                &files,
+                &devvault::tls::wanted_sans(&["hostile".to_string()]),
+            )
+            .unwrap();
             (
                 Some(tokio_rustls::TlsAcceptor::from(config)),
                 Some(files.ca_cert.clone()),
@@ -134,7 +144,8 @@ impl Hostile {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
-                let (script, r, w, acceptor) = (script.clone(), r.clone(), w.clone(), acceptor.clone());
+                let (script, r, w, acceptor) =
+                    (script.clone(), r.clone(), w.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     match acceptor {
                         Some(a) => {

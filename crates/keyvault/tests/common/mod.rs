@@ -2,6 +2,8 @@
 //! credential mode, plus helpers to reach its admin endpoints.
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +101,9 @@ identities:
     managedIdentity: true
     objectId: 00000000-0000-0000-0000-0000000000aa
     resourceId: /subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u
+podIdentities:
+  - {{namespace: default, podName: app-0, clientId: user-msi}}
+  - {{namespace: other, podName: app-1, clientId: list-only}}
 "#
     )
 }

@@ -81,6 +81,12 @@ fn print_banner(info: &devvault::ReadyInfo) {
         devvault::seed::DEFAULT_CLIENT_SECRET
     );
     println!("                        -d scope=https://vault.azure.net/.default https://localhost:{port}/{}/oauth2/v2.0/token", info.tenant);
+    println!(
+        "  mount from it:      AZURE_CLIENT_ID={} AZURE_CLIENT_SECRET={} kvbridge mount --class <class.yaml> --target <dir> --vault-url https://localhost:{port}/ --ca-file {ca} --authority-host https://localhost:{port}",
+        devvault::seed::DEFAULT_CLIENT_ID,
+        devvault::seed::DEFAULT_CLIENT_SECRET
+    );
+    println!("  AAD Pod Identity:   NMI host token endpoint https://localhost:{port}/host/token/ (seed: podIdentities)");
     println!("  admin:              https://localhost:{port}/admin/counters  https://localhost:{port}/admin/faults");
     println!("ready");
 }
