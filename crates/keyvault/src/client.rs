@@ -106,9 +106,9 @@ pub struct VersionInfo {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Challenge {
-    scope: String,
-    tenant: Option<String>,
+pub(crate) struct Challenge {
+    pub(crate) scope: String,
+    pub(crate) tenant: Option<String>,
 }
 
 type ChallengeCell = Arc<tokio::sync::OnceCell<Challenge>>;
@@ -315,7 +315,7 @@ fn vault_base(vault_url: &str) -> Result<(Url, String), Error> {
 
 /// Parses `WWW-Authenticate: Bearer authorization="https://login/TENANT", resource="R"` (or
 /// `authorization_uri`, `scope`). Returns (scope, tenant, resource-or-scope URL).
-fn parse_challenge(headers: &HeaderMap) -> Option<(Challenge, String)> {
+pub(crate) fn parse_challenge(headers: &HeaderMap) -> Option<(Challenge, String)> {
     for value in headers.get_all("www-authenticate") {
         let Ok(v) = value.to_str() else { continue };
         let v = v.trim();

@@ -4,7 +4,12 @@
 //!   challenge-based authentication (tenant and scope learned from the vault's 401 per origin).
 //! - Credentials ([`TokenCredential`]): client secret, client certificate (PEM/PFX),
 //!   workload identity (token file or handed-in token), managed identity (IMDS), environment,
-//!   AKS azure.json, and [`DefaultCredential`]; [`TokenCache`] adds caching with single-flight.
+//!   AKS azure.json, AAD Pod Identity ([`PodIdentityCredential`], retired, through NMI), and
+//!   [`DefaultCredential`]; [`TokenCache`] adds caching with single-flight.
+//! - Errors: one [`Error`] enum whose variants keep their causes as `source()`; its
+//!   [`Error::kind`] ([`ErrorKind`]) decides gRPC codes and metric labels. Response bodies are
+//!   capped ([`MAX_VAULT_BODY`], [`MAX_TOKEN_BODY`]); server-directed waits beyond the deadline
+//!   fail at once.
 //! - [`Cloud`]: public, US Gov, China, or an Azure SDK environment JSON file.
 //! - Resilience lives in [`Transport`]: pooling, per-attempt timeout, retries with jittered
 //!   backoff, Retry-After, an overall deadline, per-vault rate limit, measurable [`TransportStats`].
@@ -16,6 +21,8 @@ mod client;
 mod cloud;
 mod credential;
 mod error;
+#[cfg(test)]
+mod proptests;
 mod transport;
 
 use std::fmt;

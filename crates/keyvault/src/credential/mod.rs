@@ -17,6 +17,8 @@ pub use certificate::{AssertionAlgorithm, ClientCertificateCredential};
 pub use chain::DefaultCredential;
 pub use environment::EnvironmentCredential;
 pub use managed_identity::{ManagedIdentityCredential, ManagedIdentityId, IMDS_ENDPOINT};
+#[cfg(test)]
+pub(crate) use pod_identity::parse_nmi_response;
 pub use pod_identity::{PodIdentityCredential, NMI_ENDPOINT, POD_IDENTITY_RETIRED};
 pub(crate) use response::parse_token_response;
 pub use secret::ClientSecretCredential;

@@ -19,8 +19,8 @@ use url::Url;
 
 use super::response::token_from_json;
 use super::{target_for, AccessToken, BoxFuture, TokenCredential};
-use crate::error::{sanitize, Error};
-use crate::transport::{Request, Transport, MAX_TOKEN_BODY};
+use crate::error::{sanitize, Error, Target};
+use crate::transport::{Request, Response, Transport, MAX_TOKEN_BODY};
 
 /// NMI's host token endpoint on every node running AAD Pod Identity.
 pub const NMI_ENDPOINT: &str = "http://127.0.0.1:2579/host/token/";
@@ -148,6 +148,49 @@ fn nmi_error(credential: &str, status: u16, body: &[u8]) -> Error {
     }
 }
 
+/// Parses NMI's answer: 200 with `{"token": {...}, "clientid"}`, or a plain-text error.
+/// `wanted`: the client id that was asked for, if any (NMI must have honoured it).
+pub(crate) fn parse_nmi_response(
+    credential: &str,
+    target: &Target,
+    resp: &Response,
+    wanted: Option<&str>,
+) -> Result<AccessToken, Error> {
+    if resp.status != 200 {
+        return Err(nmi_error(credential, resp.status, &resp.body));
+    }
+    let bad = |detail: &str| Error::BadResponse {
+        target: Box::new(target.clone()),
+        detail: detail.to_string(),
+    };
+    let v: Value = serde_json::from_slice(&resp.body)
+        .map_err(|_| bad("NMI answered 200 with a body that is not JSON"))?;
+    let token = v
+        .get("token")
+        .filter(|t| t.is_object())
+        .ok_or_else(|| bad("NMI response without a 'token' object"))?;
+    let access = token
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("NMI response without token.access_token"))?;
+    let client_id = v
+        .get("clientid")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| bad("NMI response without clientid"))?;
+    if let Some(wanted) = wanted {
+        if !wanted.eq_ignore_ascii_case(client_id) {
+            return Err(bad(&format!(
+                "NMI issued a token for client id {} instead of the requested {}",
+                sanitize(client_id, &[]),
+                sanitize(wanted, &[])
+            )));
+        }
+    }
+    token_from_json(credential, token, access)
+}
+
 impl TokenCredential for PodIdentityCredential {
     fn get_token<'a>(
         &'a self,
@@ -173,39 +216,9 @@ impl TokenCredential for PodIdentityCredential {
             let target = target_for(&d, &url);
             tracing::debug!(credential = %d, "requesting an AAD Pod Identity token from NMI");
             let resp = self.transport.execute(&req, &target, None).await?;
-            if resp.status != 200 {
-                return Err(nmi_error(&d, resp.status, &resp.body));
-            }
-            let bad = |detail: &str| Error::BadResponse {
-                target: Box::new(target.clone()),
-                detail: detail.to_string(),
-            };
-            let v: Value = serde_json::from_slice(&resp.body)
-                .map_err(|_| bad("NMI answered 200 with a body that is not JSON"))?;
-            let token = v
-                .get("token")
-                .filter(|t| t.is_object())
-                .ok_or_else(|| bad("NMI response without a 'token' object"))?;
-            let access = token
-                .get("access_token")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| bad("NMI response without token.access_token"))?;
-            let client_id = v
-                .get("clientid")
-                .and_then(Value::as_str)
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| bad("NMI response without clientid"))?;
-            if let Some(wanted) = &self.client_id {
-                if !wanted.eq_ignore_ascii_case(client_id) {
-                    return Err(bad(&format!(
-                        "NMI issued a token for client id {} instead of the requested {wanted}",
-                        sanitize(client_id, &[])
-                    )));
-                }
-            }
-            tracing::debug!(credential = %d, client_id, "got an AAD Pod Identity token");
-            token_from_json(&d, token, access)
+            let token = parse_nmi_response(&d, &target, &resp, self.client_id.as_deref())?;
+            tracing::debug!(credential = %d, "got an AAD Pod Identity token");
+            Ok(token)
         })
     }
 
