@@ -34,8 +34,8 @@ pub use credential::{
     AccessToken, AssertionAlgorithm, AzureJsonCredential, BoxFuture, ClientCertificateCredential,
     ClientSecretCredential, CredentialOptions, DefaultCredential, EnvironmentCredential,
     ManagedIdentityCredential, ManagedIdentityId, PodIdentityCredential, TokenCredential,
-    WorkloadIdentityCredential, AZURE_JSON_PATH, IMDS_ENDPOINT, NMI_ENDPOINT, POD_IDENTITY_RETIRED,
-    TOKEN_FILE_REREAD,
+    WorkloadIdentityCredential, AZURE_JSON_PATH, IMDS_ENDPOINT, MAX_TOKEN_FILE, NMI_ENDPOINT,
+    POD_IDENTITY_RETIRED, TOKEN_FILE_REREAD,
 };
 pub use error::{Error, ErrorChain, ErrorKind, HttpSource, IoSource, PkiSource, Target};
 pub use transport::{

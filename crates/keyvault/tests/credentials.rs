@@ -719,3 +719,45 @@ async fn pod_identity_through_the_dev_vault_nmi() {
         .unwrap_err();
     assert!(matches!(e, Error::Auth { status: 404, .. }), "{e}");
 }
+
+/// A federated token "file" that is a FIFO or is huge is refused, never read without end or
+/// waited on (the read runs on the blocking pool; a single-threaded runtime keeps working).
+#[tokio::test(flavor = "current_thread")]
+async fn workload_identity_token_file_must_be_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; MAX_TOKEN_FILE as usize + 1]).unwrap();
+    for path in [&fifo, &big, &dir.path().join("missing")] {
+        let cred = WorkloadIdentityCredential::from_token_file(
+            "https://127.0.0.1:9/",
+            TENANT,
+            "full-app",
+            path,
+        );
+        let e = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            cred.get_token("https://vault.azure.net/.default", None),
+        )
+        .await
+        .expect("does not hang")
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::CredentialUnavailable {
+                    source: Some(_),
+                    ..
+                }
+            ),
+            "{}: {e}",
+            path.display()
+        );
+        assert_eq!(e.kind(), ErrorKind::Unauthenticated);
+    }
+}

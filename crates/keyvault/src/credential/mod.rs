@@ -22,7 +22,7 @@ pub(crate) use pod_identity::parse_nmi_response;
 pub use pod_identity::{PodIdentityCredential, NMI_ENDPOINT, POD_IDENTITY_RETIRED};
 pub(crate) use response::parse_token_response;
 pub use secret::ClientSecretCredential;
-pub use workload::{WorkloadIdentityCredential, TOKEN_FILE_REREAD};
+pub use workload::{WorkloadIdentityCredential, MAX_TOKEN_FILE, TOKEN_FILE_REREAD};
 
 use std::fmt;
 use std::future::Future;
