@@ -158,3 +158,101 @@ fn key_vault_errors_read_once() {
         );
     }
 }
+
+/// `kill -9` while the dev vault is saving (a stream of writes): the next start finds a
+/// consistent state and leaves no temporary copy of it (secret values included) behind.
+#[test]
+fn kill_9_during_saves_leaves_no_temp_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut vault = dev_vault(&state);
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("ready.json")).unwrap()).unwrap();
+    let port = info["port"].as_u64().unwrap();
+    let ca = state.join("ca.pem");
+    let token_out = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            "client_id=kvbridge-dev",
+            "-d",
+            "client_secret=kvbridge-dev-secret",
+            "-d",
+            "scope=https://vault.azure.net/.default",
+        ])
+        .arg(format!(
+            "https://localhost:{port}/6d2b6f1e-0e4c-4a8e-9a57-6b7662726467/oauth2/v2.0/token"
+        ))
+        .output()
+        .unwrap();
+    assert!(token_out.status.success());
+    let token: serde_json::Value = serde_json::from_slice(&token_out.stdout).unwrap();
+    let auth = format!(
+        "Authorization: Bearer {}",
+        token["access_token"].as_str().unwrap()
+    );
+    // Concurrent writers: one curl process issuing many PUTs over one connection each.
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-o", "/dev/null", "--cacert"]).arg(&ca);
+        for i in 0..200 {
+            if i > 0 {
+                cmd.arg("--next")
+                    .args(["-o", "/dev/null", "--cacert"])
+                    .arg(&ca);
+            }
+            cmd.args([
+                "-X",
+                "PUT",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args(["-d", &format!("{{\"value\":\"kill9-value-{w}-{i}\"}}")])
+            .arg(format!(
+                "https://localhost:{port}/secrets/kill9-{w}?api-version=7.4"
+            ));
+        }
+        writers.push(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let _ = vault.child.kill(); // SIGKILL
+    let _ = vault.child.wait();
+    for mut w in writers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let before: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    eprintln!("temporary files after kill -9: {before:?}");
+    let restarted = dev_vault(&state);
+    let leftovers: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap())
+            .expect("the state file is whole");
+    assert!(
+        saved.to_string().contains("kill9-value-"),
+        "writes happened before the kill"
+    );
+    drop(restarted);
+}
