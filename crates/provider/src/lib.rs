@@ -14,6 +14,7 @@
 //!   method and code); no object names or values in labels.
 //! - [`flexvolume`]: `init` / `mount DIR JSON` / `unmount DIR`.
 
+pub mod authority;
 pub mod cache;
 pub mod config;
 pub mod error;

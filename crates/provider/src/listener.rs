@@ -22,6 +22,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+use crate::authority::AuthorityFix;
+
 /// Bounds on the provider socket's connections.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
@@ -76,6 +78,11 @@ pub struct Conn {
     info: ConnInfo,
     timer: Pin<Box<Sleep>>,
     idle: Duration,
+    /// Repairs `:authority` values that h2 would refuse (gRPC C-core clients).
+    fix: AuthorityFix,
+    /// Bytes the fix produced that the server has not read yet.
+    ready: Vec<u8>,
+    ready_at: usize,
 }
 
 impl Conn {
@@ -106,22 +113,39 @@ impl AsyncRead for Conn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.activity();
-                }
-                Poll::Ready(Ok(()))
+        loop {
+            if this.ready_at < this.ready.len() {
+                let n = buf.remaining().min(this.ready.len() - this.ready_at);
+                buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
+                this.ready_at += n;
+                return Poll::Ready(Ok(()));
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match this.poll_silence(cx) {
-                Poll::Ready(e) => {
-                    tracing::debug!("closing a silent provider socket connection");
-                    Poll::Ready(Err(e))
+            this.ready.clear();
+            this.ready_at = 0;
+            let mut raw = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut raw);
+            match Pin::new(&mut this.io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    this.activity();
+                    this.fix
+                        .feed(&raw[..n], &mut this.ready)
+                        .map_err(io::Error::other)?;
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    return match this.poll_silence(cx) {
+                        Poll::Ready(e) => {
+                            tracing::debug!("closing a silent provider socket connection");
+                            Poll::Ready(Err(e))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
         }
     }
 }
@@ -181,6 +205,9 @@ pub fn incoming(
                             info: ConnInfo::default(),
                             timer: Box::pin(tokio::time::sleep(limits.first_byte_timeout)),
                             idle: limits.idle_timeout,
+                            fix: AuthorityFix::new(),
+                            ready: Vec::new(),
+                            ready_at: 0,
                         };
                         return Some((Ok(conn), (listener, slots, limits)));
                     }
