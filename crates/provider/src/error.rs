@@ -17,14 +17,14 @@ pub enum ProviderError {
     #[error(transparent)]
     Params(Box<render::params::ParamError>),
     /// The identity cannot be used as configured (missing secret, missing token, pod identity).
-    #[error("{0}")]
-    Identity(String),
+    #[error(transparent)]
+    Identity(#[from] mount::identity::IdentityError),
     /// The cloud (cloudName / cloudEnvFileName) or client configuration is unusable.
     #[error(transparent)]
     Config(Box<keyvault::Error>),
-    /// The class's `cloudEnvFileName` cannot be used.
+    /// The class's cloud (`cloudName`, `cloudEnvFileName`) cannot be used.
     #[error(transparent)]
-    CloudEnv(Box<mount::cloud_env::CloudEnvError>),
+    Target(Box<mount::target::TargetError>),
     #[error(transparent)]
     Mount(Box<mount::MountError>),
     /// A worker task ended abnormally (a bug: it is logged with this text).
@@ -32,9 +32,9 @@ pub enum ProviderError {
     Internal(&'static str),
 }
 
-impl From<mount::cloud_env::CloudEnvError> for ProviderError {
-    fn from(e: mount::cloud_env::CloudEnvError) -> Self {
-        ProviderError::CloudEnv(Box::new(e))
+impl From<mount::target::TargetError> for ProviderError {
+    fn from(e: mount::target::TargetError) -> Self {
+        ProviderError::Target(Box::new(e))
     }
 }
 
@@ -67,7 +67,7 @@ impl ProviderError {
             | ProviderError::Params(_)
             | ProviderError::Identity(_)
             | ProviderError::Config(_)
-            | ProviderError::CloudEnv(_) => Code::InvalidArgument,
+            | ProviderError::Target(_) => Code::InvalidArgument,
             ProviderError::Internal(_) => Code::Internal,
             ProviderError::Mount(m) => match m.vault_error() {
                 Some(e) => vault_code(e),

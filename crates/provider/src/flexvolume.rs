@@ -221,15 +221,15 @@ pub fn translate(options: &BTreeMap<String, Value>) -> Result<Translated, FlexEr
         }
     }
     for (from, to) in [
-        ("kubernetes.io/pod.name", crate::identity::ATTR_POD_NAME),
+        ("kubernetes.io/pod.name", mount::identity::ATTR_POD_NAME),
         (
             "kubernetes.io/pod.namespace",
-            crate::identity::ATTR_POD_NAMESPACE,
+            mount::identity::ATTR_POD_NAMESPACE,
         ),
-        ("kubernetes.io/pod.uid", crate::identity::ATTR_POD_UID),
+        ("kubernetes.io/pod.uid", mount::identity::ATTR_POD_UID),
         (
             "kubernetes.io/serviceAccount.name",
-            crate::identity::ATTR_SA_NAME,
+            mount::identity::ATTR_SA_NAME,
         ),
     ] {
         let v = get(from);

@@ -4,8 +4,8 @@
 //! - [`proto`]: the driver's `v1alpha1.CSIDriverProvider` API (generated from
 //!   `proto/service.proto`, same field numbers as the driver).
 //! - [`service::ProviderService`]: `Version` and `Mount`. Mount parses the attributes with
-//!   `render::params::Parameters` (the same code as `kvbridge mount`), picks the identity
-//!   ([`identity`]), fetches through the per-node [`cache`] in front of Key Vault with
+//!   `render::params::Parameters` (the same code as `kvbridge mount`), picks the identity and
+//!   cloud with the shared layer in `mount` (`mount::identity`, `mount::target`), fetches through the per-node [`cache`] in front of Key Vault with
 //!   `mount::mount_files`, and returns the rendered files.
 //! - [`cache::NodeCache`]: per node, keyed by (vault, identity, object type, name, version);
 //!   concurrent identical fetches are coalesced; `latest` is reused only within a short TTL.
@@ -19,7 +19,6 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod flexvolume;
-pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod server;
@@ -39,5 +38,4 @@ pub use service::ProviderService;
 pub const RUNTIME_NAME: &str = "kvbridge";
 /// Runtime version returned by `Version` (semver).
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The audience of the service-account token workload identity exchanges.
-pub const WORKLOAD_IDENTITY_AUDIENCE: &str = "api://AzureADTokenExchange";
+pub use mount::identity::WORKLOAD_IDENTITY_AUDIENCE;

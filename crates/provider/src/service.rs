@@ -1,44 +1,35 @@
 //! The `v1alpha1.CSIDriverProvider` service: `Version` and `Mount`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use keyvault::{Cloud, KeyVaultClient, TokenCredential, Transport};
+use keyvault::{Cloud, Transport};
+use mount::clients::ClientPool;
 use mount::cloud_env::CloudEnvFiles;
+use mount::identity::{Fallback, Identity, Sources, ATTR_POD_NAME, ATTR_POD_NAMESPACE};
+use mount::target::CloudConfig;
 use render::params::Parameters;
 use render::render::RenderOptions;
 use tonic::{Request, Response, Status};
 
 use crate::cache::NodeCache;
-use crate::identity::{HandedInToken, Identity, ATTR_POD_NAME, ATTR_POD_NAMESPACE};
 use crate::listener::ConnInfo;
 use crate::metrics::Metrics;
 use crate::proto::csi_driver_provider_server::CsiDriverProvider;
 use crate::proto::{self, MountRequest, MountResponse, VersionRequest, VersionResponse};
 use crate::{ProviderConfig, ProviderError, RUNTIME_NAME, RUNTIME_VERSION};
 
-/// Clients kept per identity (Entra token caches); beyond this the pool is cleared.
-const MAX_CLIENTS: usize = 4096;
-
-struct Pooled {
-    client: KeyVaultClient,
-    /// Set for workload identity: where to put the newest pod token.
-    handed_in: Option<Arc<HandedInToken>>,
-}
-
 /// The provider. Cheap to share (`Arc`); one per node.
 pub struct ProviderService {
     config: ProviderConfig,
-    transport: Transport,
     cache: Arc<NodeCache>,
     metrics: Arc<Metrics>,
-    clients: Mutex<HashMap<String, Pooled>>,
+    /// One Key Vault client per identity (Entra token and challenge caches).
+    clients: ClientPool,
     mounts: tokio::sync::Semaphore,
-    /// The node's default cloud environment file, read once at start.
-    default_cloud: Option<Cloud>,
-    /// Classes' `cloudEnvFileName`s, confined to `--cloud-env-dir`, cached by mtime.
-    cloud_env: Arc<CloudEnvFiles>,
+    /// Clouds: classes' `cloudEnvFileName`s confined to `--cloud-env-dir`, the node default.
+    clouds: CloudConfig,
 }
 
 /// A mount's decoded request.
@@ -83,23 +74,21 @@ impl ProviderService {
         let transport = Transport::new(&config.client).map_err(ProviderError::config)?;
         let cache = Arc::new(NodeCache::new(config.cache.clone(), metrics.clone()));
         let mounts = tokio::sync::Semaphore::new(config.max_concurrent_mounts.max(1));
-        let default_cloud = match &config.default_cloud_env_file {
-            Some(file) => Some(Cloud::from_env_file(file).map_err(ProviderError::config)?),
-            None => None,
-        };
-        let cloud_env = Arc::new(match &config.cloud_env_dir {
+        let mut clouds = CloudConfig::new(match &config.cloud_env_dir {
             Some(dir) => CloudEnvFiles::within(dir),
             None => CloudEnvFiles::anywhere(),
         });
+        if let Some(file) = &config.default_cloud_env_file {
+            // The operator's own file, read once at start (fails fast when missing).
+            clouds.default_cloud = Some(Cloud::from_env_file(file).map_err(ProviderError::config)?);
+        }
         Ok(Self {
             mounts,
-            default_cloud,
-            cloud_env,
+            clouds,
+            clients: ClientPool::new(transport, config.imds_endpoint.clone()),
             config,
-            transport,
             cache,
             metrics,
-            clients: Mutex::new(HashMap::new()),
         })
     }
 
@@ -123,91 +112,6 @@ impl ProviderService {
         })
     }
 
-    /// The cloud of a class: its `cloudEnvFileName`; else, when it names no cloud, the node's
-    /// default environment file (if configured); else the named built-in cloud.
-    async fn cloud(
-        &self,
-        params: &Parameters,
-        attrs: &BTreeMap<String, String>,
-    ) -> Result<Cloud, ProviderError> {
-        if let Some(file) = &params.cloud_env_file_name {
-            // Blocking file I/O (bounded, never on a FIFO) off the async workers.
-            let files = self.cloud_env.clone();
-            let name = file.clone();
-            return tokio::task::spawn_blocking(move || files.read(&name, None))
-                .await
-                .map_err(|_| ProviderError::Internal("reading cloudEnvFileName"))?
-                .map_err(ProviderError::from);
-        }
-        let named = attrs
-            .get("cloudName")
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty());
-        if let (None, Some(cloud)) = (named, &self.default_cloud) {
-            return Ok(cloud.clone());
-        }
-        if params.cloud == render::params::Cloud::AzureStackCloud {
-            return Err(ProviderError::config(keyvault::Error::invalid_config(
-                "cloudName",
-                "AzureStackCloud needs cloudEnvFileName (the Azure environment JSON file on the node)",
-            )));
-        }
-        Cloud::by_name(params.cloud.name()).map_err(ProviderError::config)
-    }
-
-    fn client_for(
-        &self,
-        identity: &Identity,
-        cloud: &Cloud,
-        key: &str,
-    ) -> Result<KeyVaultClient, ProviderError> {
-        let mut pool = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = pool.get(key) {
-            if let (Some(h), Identity::Workload { token, .. }) = (&p.handed_in, identity) {
-                h.set_token(token);
-            }
-            return Ok(p.client.clone());
-        }
-        let (credential, handed_in): (Arc<dyn TokenCredential>, Option<Arc<HandedInToken>>) =
-            match identity {
-                Identity::Workload {
-                    tenant,
-                    client_id,
-                    token,
-                    ..
-                } => {
-                    let h = Arc::new(HandedInToken::new(
-                        &cloud.authority_host,
-                        tenant,
-                        client_id,
-                        token,
-                        self.transport.clone(),
-                    ));
-                    (h.clone(), Some(h))
-                }
-                _ => (
-                    identity.credential(
-                        &cloud.authority_host,
-                        self.config.imds_endpoint.as_deref(),
-                        &self.transport,
-                    )?,
-                    None,
-                ),
-            };
-        let client = KeyVaultClient::with_transport(credential, self.transport.clone());
-        if pool.len() >= MAX_CLIENTS {
-            pool.clear();
-        }
-        pool.insert(
-            key.to_string(),
-            Pooled {
-                client: client.clone(),
-                handed_in,
-            },
-        );
-        Ok(client)
-    }
-
     /// A Mount, start to end; errors carry the context the driver will log.
     pub async fn mount(&self, req: MountRequest) -> Result<MountResponse, ProviderError> {
         // Never closed, so acquire only fails if it were; then run unbounded rather than fail.
@@ -221,11 +125,24 @@ impl ProviderService {
         })
         .await
         .map_err(|_| ProviderError::Internal("parsing the mount request"))??;
-        let identity = Identity::select(&params, &d.attrs, &d.secrets)?;
-        let cloud = self.cloud(&params, &d.attrs).await?;
-        let vault_url = cloud.vault_url(&params.keyvault_name);
-        let id_key = identity.cache_key(&cloud.authority_host);
-        let client = self.client_for(&identity, &cloud, &id_key)?;
+        // The pod's own identity only: never this node's environment.
+        let identity = Identity::select(
+            &params,
+            &Sources {
+                attributes: &d.attrs,
+                secrets: &d.secrets,
+                env: &|_| None,
+                fallback: Fallback::Refuse {
+                    source_name: "nodePublishSecretRef secret",
+                },
+            },
+        )?;
+        let target = self.clouds.resolve_async(&params).await?;
+        let vault_url = target.vault_url;
+        let (client, id_key) = self
+            .clients
+            .client(&identity, &target.cloud)
+            .map_err(ProviderError::config)?;
         let scope = format!("{vault_url}|{id_key}");
         let source = self
             .cache

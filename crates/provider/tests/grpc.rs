@@ -359,7 +359,7 @@ async fn identity_modes() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message()
-            .contains("not supported (AAD Pod Identity is retired); use workload identity"),
+            .contains("AAD Pod Identity is retired and not supported; use workload identity"),
         "{}",
         e.message()
     );

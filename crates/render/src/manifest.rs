@@ -223,7 +223,7 @@ fn parse_manifest(doc: &Value) -> Result<ProviderClass, ManifestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{Cloud, IdentityMode, ObjectEncoding, ObjectType};
+    use crate::params::{IdentityMode, ObjectEncoding, ObjectType};
 
     // Shapes of the manifests in the Azure provider's documentation.
     const SERVICE_PRINCIPAL: &str = r#"
@@ -316,7 +316,7 @@ spec:
         let p = &c.parameters;
         assert_eq!(p.keyvault_name, "kvname");
         assert_eq!(p.tenant_id.as_deref(), Some("tid"));
-        assert_eq!(p.cloud, Cloud::AzurePublicCloud);
+        assert_eq!(p.cloud_name, "");
         assert_eq!(p.identity(), IdentityMode::ServicePrincipal);
         assert_eq!(p.objects.len(), 2);
         assert_eq!(p.objects[1].object_type, ObjectType::Key);
@@ -351,7 +351,7 @@ spec:
     fn workload_identity_v1alpha1() {
         let c = parse_class(WORKLOAD_IDENTITY_V1ALPHA1).unwrap();
         let p = &c.parameters;
-        assert_eq!(p.cloud, Cloud::AzureUSGovernmentCloud);
+        assert_eq!(p.cloud_name, "AzureUSGovernmentCloud");
         assert_eq!(
             p.identity(),
             IdentityMode::WorkloadIdentity {

@@ -66,63 +66,6 @@ pub enum ParamError {
     },
 }
 
-/// Azure cloud selected by `cloudName`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cloud {
-    AzurePublicCloud,
-    AzureUSGovernmentCloud,
-    AzureChinaCloud,
-    /// Custom cloud described by the JSON file in `cloudEnvFileName`.
-    AzureStackCloud,
-}
-
-impl Cloud {
-    /// Parse a `cloudName` value (case-insensitive; empty = public cloud).
-    pub fn parse(value: &str) -> Option<Cloud> {
-        let v = value.trim();
-        if v.is_empty() {
-            return Some(Cloud::AzurePublicCloud);
-        }
-        [
-            Cloud::AzurePublicCloud,
-            Cloud::AzureUSGovernmentCloud,
-            Cloud::AzureChinaCloud,
-            Cloud::AzureStackCloud,
-        ]
-        .into_iter()
-        .find(|c| c.name().eq_ignore_ascii_case(v))
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cloud::AzurePublicCloud => "AzurePublicCloud",
-            Cloud::AzureUSGovernmentCloud => "AzureUSGovernmentCloud",
-            Cloud::AzureChinaCloud => "AzureChinaCloud",
-            Cloud::AzureStackCloud => "AzureStackCloud",
-        }
-    }
-
-    /// Key Vault DNS suffix (`<vault>.<suffix>`); `None` for AzureStackCloud (from the env file).
-    pub fn keyvault_dns_suffix(self) -> Option<&'static str> {
-        match self {
-            Cloud::AzurePublicCloud => Some("vault.azure.net"),
-            Cloud::AzureUSGovernmentCloud => Some("vault.usgovcloudapi.net"),
-            Cloud::AzureChinaCloud => Some("vault.azure.cn"),
-            Cloud::AzureStackCloud => None,
-        }
-    }
-
-    /// Entra ID authority host; `None` for AzureStackCloud.
-    pub fn authority_host(self) -> Option<&'static str> {
-        match self {
-            Cloud::AzurePublicCloud => Some("https://login.microsoftonline.com/"),
-            Cloud::AzureUSGovernmentCloud => Some("https://login.microsoftonline.us/"),
-            Cloud::AzureChinaCloud => Some("https://login.chinacloudapi.cn/"),
-            Cloud::AzureStackCloud => None,
-        }
-    }
-}
-
 /// How the provider authenticates to Key Vault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentityMode {
@@ -220,7 +163,9 @@ pub struct Parameters {
     /// `tenantID`, else the deprecated `tenantId`. The Azure provider requires it; local use may
     /// fall back to `AZURE_TENANT_ID`, so it is optional here (see [`Parameters::require_tenant`]).
     pub tenant_id: Option<String>,
-    pub cloud: Cloud,
+    /// `cloudName`, trimmed (empty = the public cloud, or the component's default environment
+    /// file). Resolved, with `cloudEnvFileName`, where clouds are known (`mount::target`).
+    pub cloud_name: String,
     pub cloud_env_file_name: Option<String>,
     pub use_pod_identity: bool,
     pub use_vm_managed_identity: bool,
@@ -290,12 +235,7 @@ impl Parameters {
 
         let tenant_id = non_empty(get(map, "tenantID")).or_else(|| non_empty(get(map, "tenantId")));
 
-        let cloud_name = get(map, "cloudName");
-        let cloud = Cloud::parse(cloud_name).ok_or_else(|| ParamError::Invalid {
-            field: "cloudName",
-            value: cloud_name.to_string(),
-            reason: "unknown cloud (AzurePublicCloud, AzureUSGovernmentCloud, AzureChinaCloud, AzureStackCloud)".into(),
-        })?;
+        let cloud_name = get(map, "cloudName").to_string();
         let cloud_env_file_name = non_empty(get(map, "cloudEnvFileName"));
 
         let use_pod_identity = parse_go_bool("usePodIdentity", get(map, "usePodIdentity"))?;
@@ -327,7 +267,7 @@ impl Parameters {
         Ok(Parameters {
             keyvault_name: keyvault_name.to_string(),
             tenant_id,
-            cloud,
+            cloud_name,
             cloud_env_file_name,
             use_pod_identity,
             use_vm_managed_identity,
@@ -359,13 +299,6 @@ impl Parameters {
         } else {
             IdentityMode::ServicePrincipal
         }
-    }
-
-    /// `https://<vault>.<suffix>/` for the built-in clouds.
-    pub fn vault_url(&self) -> Option<String> {
-        self.cloud
-            .keyvault_dns_suffix()
-            .map(|s| format!("https://{}.{}/", self.keyvault_name, s))
     }
 }
 
@@ -830,9 +763,8 @@ mod tests {
         let p = Parameters::parse(&base(&[])).unwrap();
         assert_eq!(p.keyvault_name, "kv1");
         assert_eq!(p.tenant_id.as_deref(), Some("t"));
-        assert_eq!(p.cloud, Cloud::AzurePublicCloud);
+        assert_eq!(p.cloud_name, "");
         assert_eq!(p.identity(), IdentityMode::ServicePrincipal);
-        assert_eq!(p.vault_url().unwrap(), "https://kv1.vault.azure.net/");
         let o = &p.objects[0];
         assert_eq!(o.name, "s1");
         assert_eq!(o.object_type, ObjectType::Secret);
@@ -860,7 +792,7 @@ mod tests {
         let p = Parameters::parse(&m).unwrap();
         assert_eq!(p.keyvault_name, "kv-2");
         assert_eq!(p.tenant_id.as_deref(), Some("tid"));
-        assert_eq!(p.cloud, Cloud::AzureChinaCloud);
+        assert_eq!(p.cloud_name, "azurechinacloud");
         assert_eq!(
             p.identity(),
             IdentityMode::VmManagedIdentity {
@@ -920,20 +852,8 @@ mod tests {
 
     #[test]
     fn clouds() {
-        for (v, c) in [
-            ("", Cloud::AzurePublicCloud),
-            ("AzurePublicCloud", Cloud::AzurePublicCloud),
-            ("AZUREUSGOVERNMENTCLOUD", Cloud::AzureUSGovernmentCloud),
-            ("AzureChinaCloud", Cloud::AzureChinaCloud),
-            ("azurestackcloud", Cloud::AzureStackCloud),
-        ] {
-            assert_eq!(
-                Parameters::parse(&base(&[("cloudName", v)])).unwrap().cloud,
-                c
-            );
-        }
-        let e = Parameters::parse(&base(&[("cloudName", "AzureGermanCloud")])).unwrap_err();
-        assert!(e.to_string().contains("cloudName"), "{e}");
+        let p = Parameters::parse(&base(&[("cloudName", " AzureGermanCloud ")])).unwrap();
+        assert_eq!(p.cloud_name, "AzureGermanCloud");
         let p = Parameters::parse(&base(&[
             ("cloudName", "AzureStackCloud"),
             ("cloudEnvFileName", " /etc/kubernetes/akscustom.json "),
@@ -943,7 +863,6 @@ mod tests {
             p.cloud_env_file_name.as_deref(),
             Some("/etc/kubernetes/akscustom.json")
         );
-        assert_eq!(p.vault_url(), None);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::error::Error;
 /// link that succeeds is used from then on.
 pub struct DefaultCredential {
     chain: Vec<Arc<dyn TokenCredential>>,
+    /// Position of the managed identity link, when there is one.
+    managed_identity: Option<usize>,
     skipped: Vec<String>,
     selected: Mutex<Option<usize>>,
 }
@@ -72,15 +74,32 @@ impl DefaultCredential {
             .filter(|v| !v.trim().is_empty())
             .map(ManagedIdentityId::ClientId)
             .unwrap_or(ManagedIdentityId::System);
+        let mut managed_identity = None;
         match ManagedIdentityCredential::new(options.imds_endpoint.as_deref(), id) {
-            Ok(c) => chain.push(Arc::new(c.with_transport(options.transport.clone()))),
+            Ok(c) => {
+                managed_identity = Some(chain.len());
+                chain.push(Arc::new(c.with_transport(options.transport.clone())));
+            }
             Err(e) => skipped.push(e.to_string()),
         }
         Self {
             chain,
+            managed_identity,
             skipped,
             selected: Mutex::new(None),
         }
+    }
+
+    /// The chain without its managed identity link: for processes that may run off Azure
+    /// (a laptop), where asking IMDS would only wait for a timeout.
+    pub fn without_managed_identity(mut self) -> Self {
+        if let Some(i) = self.managed_identity.take() {
+            self.chain.remove(i);
+            self.skipped.push(
+                "managed identity: not used here (set useVMManagedIdentity in the class)".into(),
+            );
+        }
+        self
     }
 
     /// Descriptions of the links, in order.

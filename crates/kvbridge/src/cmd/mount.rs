@@ -1,14 +1,16 @@
 //! `kvbridge mount`: a SecretProviderClass's objects written to a directory, once or kept in
 //! sync (`--watch`), optionally from an embedded dev vault (`--dev-vault SEED`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use keyvault::{ClientOptions, Cloud, KeyVaultClient, TokenCredential, Transport};
+use keyvault::{ClientOptions, Cloud, KeyVaultClient, Transport};
+use mount::cloud_env::CloudEnvFiles;
+use mount::identity::{Fallback, Identity, Sources};
+use mount::target::CloudConfig;
 use mount::writer::AtomicWriter;
-use render::params::{IdentityMode, Parameters};
 use render::render::RenderOptions;
 
 #[derive(clap::Args)]
@@ -56,104 +58,6 @@ pub struct Args {
 
 fn parse_mode(s: &str) -> Result<u32, String> {
     render::params::parse_octal_mode(s)
-}
-
-/// Where the vault and Entra ID are, and whom to trust.
-struct Endpoints {
-    vault_url: String,
-    authority_host: String,
-    ca_file: Option<PathBuf>,
-    imds_endpoint: Option<String>,
-    /// Embedded dev vault: default identity when none is configured.
-    dev: bool,
-}
-
-fn cloud_for(params: &Parameters, class_dir: &Path) -> anyhow::Result<Cloud> {
-    match &params.cloud_env_file_name {
-        // The user's own class: any directory, but still a bounded regular file.
-        Some(f) => Ok(mount::cloud_env::CloudEnvFiles::anywhere().read(f, Some(class_dir))?),
-        None => Cloud::by_name(params.cloud.name()).context("cloudName"),
-    }
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn credential(
-    params: &Parameters,
-    ep: &Endpoints,
-    transport: &Transport,
-) -> anyhow::Result<Arc<dyn TokenCredential>> {
-    let tenant = params
-        .tenant_id
-        .clone()
-        .or_else(|| env("AZURE_TENANT_ID"))
-        .context("tenantID is missing from the class parameters (or set AZURE_TENANT_ID)")?;
-    let authority = ep.authority_host.as_str();
-    Ok(match params.identity() {
-        IdentityMode::PodIdentity => bail!(
-            "usePodIdentity: AAD Pod Identity is retired and not supported; use workload identity (clientID) or useVMManagedIdentity"
-        ),
-        IdentityMode::VmManagedIdentity { user_assigned_identity_id } => {
-            let id = match user_assigned_identity_id {
-                Some(id) => keyvault::ManagedIdentityId::ClientId(id),
-                None => keyvault::ManagedIdentityId::System,
-            };
-            Arc::new(
-                keyvault::ManagedIdentityCredential::new(ep.imds_endpoint.as_deref(), id)?
-                    .with_transport(transport.clone()),
-            )
-        }
-        IdentityMode::WorkloadIdentity { client_id } => {
-            let file = env("AZURE_FEDERATED_TOKEN_FILE").context(
-                "clientID selects workload identity: set AZURE_FEDERATED_TOKEN_FILE to the service account token file",
-            )?;
-            Arc::new(
-                keyvault::WorkloadIdentityCredential::from_token_file(
-                    authority,
-                    &tenant,
-                    &client_id,
-                    Path::new(&file),
-                )
-                .with_transport(transport.clone()),
-            )
-        }
-        IdentityMode::ServicePrincipal => {
-            let client_id = env("AZURE_CLIENT_ID");
-            match (client_id, env("AZURE_CLIENT_SECRET"), env("AZURE_CLIENT_CERTIFICATE_PATH")) {
-                (Some(id), Some(secret), _) => Arc::new(
-                    keyvault::ClientSecretCredential::new(authority, &tenant, &id, secret)
-                        .with_transport(transport.clone()),
-                ),
-                (Some(id), None, Some(cert)) => {
-                    let password = env("AZURE_CLIENT_CERTIFICATE_PASSWORD");
-                    Arc::new(
-                        keyvault::ClientCertificateCredential::from_file(
-                            authority,
-                            &tenant,
-                            &id,
-                            Path::new(&cert),
-                            password.as_deref(),
-                        )?
-                        .with_transport(transport.clone()),
-                    )
-                }
-                (None, _, _) if ep.dev => Arc::new(
-                    keyvault::ClientSecretCredential::new(
-                        authority,
-                        &tenant,
-                        devvault::seed::DEFAULT_CLIENT_ID,
-                        devvault::seed::DEFAULT_CLIENT_SECRET,
-                    )
-                    .with_transport(transport.clone()),
-                ),
-                _ => bail!(
-                    "no identity: set AZURE_CLIENT_ID with AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH, or use useVMManagedIdentity / clientID in the class"
-                ),
-            }
-        }
-    })
 }
 
 /// Time a `--watch` refresh may take, retries included: the interval, within 5 s..=120 s.
@@ -231,52 +135,51 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
         dev = Some(running);
     }
-    let ep = match &dev {
-        Some(d) => Endpoints {
-            vault_url: args.vault_url.clone().unwrap_or_else(|| {
-                format!(
-                    "https://{}.localhost:{}",
-                    params.keyvault_name.to_ascii_lowercase(),
-                    d.info.port
-                )
-            }),
-            authority_host: args
-                .authority_host
-                .clone()
-                .unwrap_or_else(|| d.info.url.clone()),
-            ca_file: Some(args.ca_file.clone().unwrap_or_else(|| d.info.ca.clone())),
-            imds_endpoint: args
-                .imds_endpoint
-                .clone()
-                .or_else(|| Some(d.info.url.clone())),
-            dev: true,
-        },
-        None => {
-            let cloud = cloud_for(&params, &class_dir)?;
-            Endpoints {
-                vault_url: args
-                    .vault_url
-                    .clone()
-                    .unwrap_or_else(|| cloud.vault_url(&params.keyvault_name)),
-                authority_host: args
-                    .authority_host
-                    .clone()
-                    .unwrap_or_else(|| cloud.authority_host.clone()),
-                ca_file: args.ca_file.clone(),
-                imds_endpoint: args.imds_endpoint.clone(),
-                dev: false,
-            }
-        }
+    // What the user configured -> cloud, vault URL, identity (the same layer as the provider).
+    let mut clouds = CloudConfig::new(CloudEnvFiles::anywhere()).with_base_dir(&class_dir);
+    clouds.vault_url = args.vault_url.clone();
+    clouds.authority_host = args.authority_host.clone();
+    let mut ca_file = args.ca_file.clone();
+    let mut imds_endpoint = args.imds_endpoint.clone();
+    let mut fallback = Fallback::Ambient {
+        managed_identity: false,
     };
+    if let Some(d) = &dev {
+        // Every class reads from the embedded dev vault, whatever cloud it names; its built-in
+        // client is the identity unless the environment names one.
+        let text = std::fs::read_to_string(&d.info.cloud_env_file)
+            .context("reading the embedded dev vault's cloud.json")?;
+        clouds.override_cloud = Some(Cloud::from_env_json(&text).map_err(anyhow::Error::msg)?);
+        ca_file.get_or_insert_with(|| d.info.ca.clone());
+        imds_endpoint.get_or_insert_with(|| d.info.url.clone());
+        fallback = Fallback::Fixed {
+            client_id: devvault::seed::DEFAULT_CLIENT_ID.to_string(),
+            secret: devvault::seed::DEFAULT_CLIENT_SECRET.to_string().into(),
+        };
+    }
+    let target = clouds.resolve_async(&params).await?;
+    let no_material = BTreeMap::new();
+    let env = |k: &str| std::env::var(k).ok();
+    let identity = Identity::select(
+        &params,
+        &Sources {
+            attributes: &no_material,
+            secrets: &no_material,
+            env: &env,
+            fallback,
+        },
+    )?;
+    tracing::debug!(identity = %identity.describe(), vault = %target.vault_url, "mount");
+    let vault_url = target.vault_url.clone();
     let options = ClientOptions {
-        ca_file: ep.ca_file.clone(),
+        ca_file,
         ..ClientOptions::default()
     };
     // One transport (connection pool, CA trust, retries) for the vault and the token endpoints.
     let transport = Transport::new(&options).context("cannot build the HTTPS client")?;
-    let credential = credential(&params, &ep, &transport)?;
+    let credential = identity.credential(&target.cloud, imds_endpoint.as_deref(), &transport)?;
     let client = KeyVaultClient::with_transport(credential.clone(), transport);
-    let source = mount::VaultSource::new(client, ep.vault_url.clone());
+    let source = mount::VaultSource::new(client, vault_url.clone());
     // --watch: a refresh gives up (and warns, keeping the last good files) within about one
     // interval instead of retrying for minutes; the next interval is the next retry.
     let refresh_source = if args.watch {
@@ -288,7 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Transport::new(&refresh_options).context("cannot build the HTTPS client")?;
         mount::VaultSource::new(
             KeyVaultClient::with_transport(credential, transport),
-            ep.vault_url.clone(),
+            vault_url.clone(),
         )
     } else {
         source.clone()
@@ -309,19 +212,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!(target_dir = %args.target.display(), "{w}");
     }
 
-    let (versions, summary, _) = mount_once(
-        &source,
-        &params.objects,
-        &render_opts,
-        &writer,
-        &ep.vault_url,
-    )
-    .await?;
+    let (versions, summary, _) =
+        mount_once(&source, &params.objects, &render_opts, &writer, &vault_url).await?;
     println!(
         "mounted {} objects ({} files) from {} into {}",
         params.objects.len(),
         summary.len(),
-        ep.vault_url,
+        vault_url,
         args.target.display()
     );
     for v in &versions {
@@ -356,7 +253,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             &params.objects,
             &render_opts,
             &writer,
-            &ep.vault_url,
+            &vault_url,
         )
         .await;
         match refreshed {
