@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use keyvault::{Cloud, KeyVaultClient, Transport};
 
-use crate::identity::{HandedInToken, Identity};
+use crate::identity::{HandedInToken, Identity, LocalEndpoints};
 
 /// Clients kept; beyond this the pool starts over (tokens are fetched again).
 const MAX_CLIENTS: usize = 4096;
@@ -20,15 +20,15 @@ struct Pooled {
 /// Clients by identity key ([`Identity::cache_key`]).
 pub struct ClientPool {
     transport: Transport,
-    imds_endpoint: Option<String>,
+    endpoints: LocalEndpoints,
     clients: Mutex<HashMap<String, Pooled>>,
 }
 
 impl ClientPool {
-    pub fn new(transport: Transport, imds_endpoint: Option<String>) -> Self {
+    pub fn new(transport: Transport, endpoints: LocalEndpoints) -> Self {
         Self {
             transport,
-            imds_endpoint,
+            endpoints,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -69,7 +69,7 @@ impl ClientPool {
                 (h.clone() as Arc<dyn keyvault::TokenCredential>, Some(h))
             }
             _ => (
-                identity.credential(cloud, self.imds_endpoint.as_deref(), &self.transport)?,
+                identity.credential(cloud, &self.endpoints, &self.transport)?,
                 None,
             ),
         };

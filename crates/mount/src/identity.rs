@@ -9,7 +9,8 @@
 //!   `api://AzureADTokenExchange` handed in by the driver, else the projected token file named by
 //!   `AZURE_FEDERATED_TOKEN_FILE`;
 //! - `useVMManagedIdentity` = managed identity (user-assigned by `userAssignedIdentityID`);
-//! - `usePodIdentity` = AAD Pod Identity (refused: retired upstream);
+//! - `usePodIdentity` = AAD Pod Identity through NMI's host token endpoint, for the pod the
+//!   driver (or kubelet, for FlexVolume) names; retired upstream, so its use logs how to move;
 //! - otherwise a service principal: `clientid` / `clientsecret` from the handed-in secret (keys
 //!   case-insensitive); without one, the caller's [`Fallback`].
 
@@ -41,8 +42,8 @@ pub const ATTR_SA_TOKENS: &str = "csi.storage.k8s.io/serviceAccount.tokens";
 pub enum IdentityError {
     #[error("tenantID is missing from the class parameters{hint}")]
     MissingTenant { hint: &'static str },
-    #[error("usePodIdentity: AAD Pod Identity is retired and not supported; use workload identity (clientID with a federated service account) or useVMManagedIdentity")]
-    PodIdentity,
+    #[error("usePodIdentity: AAD Pod Identity needs the pod's namespace and name, which only the CSI driver (podInfoOnMount: true) or kubelet (FlexVolume) provide; outside a pod use workload identity (clientID) or useVMManagedIdentity")]
+    PodIdentityWithoutPod,
     #[error("clientID {client_id:?} selects workload identity, but {missing}")]
     NoWorkloadToken {
         client_id: String,
@@ -116,6 +117,13 @@ pub enum Identity {
     Managed {
         id: ManagedIdentityId,
     },
+    /// AAD Pod Identity (retired): NMI issues the token of the identity bound to this pod.
+    PodIdentity {
+        namespace: String,
+        pod_name: String,
+        /// `userAssignedIdentityID`: which of the pod's bound identities.
+        client_id: Option<String>,
+    },
     /// The process's own credential chain (see [`Fallback::Ambient`]).
     Ambient {
         managed_identity: bool,
@@ -172,7 +180,23 @@ impl Identity {
                 })
         };
         Ok(match params.identity() {
-            IdentityMode::PodIdentity => return Err(IdentityError::PodIdentity),
+            IdentityMode::PodIdentity => {
+                let attr = |k: &str| {
+                    sources
+                        .attributes
+                        .get(k)
+                        .map(|v| v.trim().to_string())
+                        .filter(|v| !v.is_empty())
+                };
+                match (attr(ATTR_POD_NAMESPACE), attr(ATTR_POD_NAME)) {
+                    (Some(namespace), Some(pod_name)) => Identity::PodIdentity {
+                        namespace,
+                        pod_name,
+                        client_id: params.user_assigned_identity_id.clone(),
+                    },
+                    _ => return Err(IdentityError::PodIdentityWithoutPod),
+                }
+            }
             IdentityMode::VmManagedIdentity {
                 user_assigned_identity_id,
             } => Identity::Managed {
@@ -297,6 +321,15 @@ impl Identity {
                 path,
             } => format!("wif|{authority}|{tenant}|{client_id}|{}", path.display()),
             Identity::Managed { id } => format!("mi|{id:?}"),
+            // NMI answers per pod (its bindings select pods by label).
+            Identity::PodIdentity {
+                namespace,
+                pod_name,
+                client_id,
+            } => format!(
+                "pi|{namespace}/{pod_name}|{}",
+                client_id.as_deref().unwrap_or("")
+            ),
             Identity::Ambient { managed_identity } => {
                 format!("ambient|{authority}|{managed_identity}")
             }
@@ -324,6 +357,17 @@ impl Identity {
                 ManagedIdentityId::ObjectId(c) => format!("managed identity object {c}"),
                 ManagedIdentityId::ResourceId(c) => format!("managed identity {c}"),
             },
+            Identity::PodIdentity {
+                namespace,
+                pod_name,
+                client_id,
+            } => format!(
+                "AAD Pod Identity of pod {namespace}/{pod_name}{}",
+                client_id
+                    .as_deref()
+                    .map(|c| format!(" (identity {c})"))
+                    .unwrap_or_default()
+            ),
             Identity::Ambient { .. } => {
                 "this process's credential (environment, azure.json)".into()
             }
@@ -336,6 +380,7 @@ impl Identity {
             Identity::ServicePrincipal { .. } => "service_principal",
             Identity::Workload { .. } | Identity::WorkloadFile { .. } => "workload_identity",
             Identity::Managed { .. } => "managed_identity",
+            Identity::PodIdentity { .. } => "pod_identity",
             Identity::Ambient { .. } => "ambient",
         }
     }
@@ -344,9 +389,10 @@ impl Identity {
     pub fn credential(
         &self,
         cloud: &Cloud,
-        imds_endpoint: Option<&str>,
+        endpoints: &LocalEndpoints,
         transport: &Transport,
     ) -> Result<Arc<dyn TokenCredential>, keyvault::Error> {
+        let imds_endpoint = endpoints.imds.as_deref();
         let authority = cloud.authority_host.as_str();
         Ok(match self {
             Identity::ServicePrincipal {
@@ -386,6 +432,19 @@ impl Identity {
                 keyvault::ManagedIdentityCredential::new(imds_endpoint, id.clone())?
                     .with_transport(transport.clone()),
             ),
+            Identity::PodIdentity {
+                namespace,
+                pod_name,
+                client_id,
+            } => Arc::new(
+                keyvault::PodIdentityCredential::new(
+                    endpoints.nmi.as_deref(),
+                    namespace,
+                    pod_name,
+                )?
+                .with_client_id(client_id.as_deref())
+                .with_transport(transport.clone()),
+            ),
             Identity::Ambient { managed_identity } => {
                 let options = keyvault::CredentialOptions {
                     imds_endpoint: imds_endpoint.map(str::to_string),
@@ -401,6 +460,15 @@ impl Identity {
             }
         })
     }
+}
+
+/// Node-local token endpoints (overridable for tests and unusual nodes).
+#[derive(Debug, Clone, Default)]
+pub struct LocalEndpoints {
+    /// Managed identity (IMDS); `None` = `http://169.254.169.254`.
+    pub imds: Option<String>,
+    /// AAD Pod Identity's NMI host token endpoint; `None` = `http://127.0.0.1:2579/host/token/`.
+    pub nmi: Option<String>,
 }
 
 /// The workload-identity token the CSI driver handed in, if any.
@@ -606,13 +674,25 @@ mod tests {
             provider(&mi, &pod, &BTreeMap::new()).unwrap(),
             Identity::Managed { id: ManagedIdentityId::ClientId(c) } if c == "uid"
         ));
-        let e = provider(
-            &params(&[("usePodIdentity", "true")]),
-            &pod,
-            &BTreeMap::new(),
-        )
-        .unwrap_err();
-        assert_eq!(e, IdentityError::PodIdentity);
+        let pi = params(&[
+            ("usePodIdentity", "true"),
+            ("userAssignedIdentityID", "uid"),
+        ]);
+        let pod_named = map(&[(ATTR_POD_NAMESPACE, "team-a"), (ATTR_POD_NAME, "web-0")]);
+        let id = provider(&pi, &pod_named, &BTreeMap::new()).unwrap();
+        assert!(
+            matches!(&id, Identity::PodIdentity { namespace, pod_name, client_id } if namespace == "team-a" && pod_name == "web-0" && client_id.as_deref() == Some("uid"))
+        );
+        // Keys are per pod: NMI bindings select pods.
+        let other = map(&[(ATTR_POD_NAMESPACE, "team-a"), (ATTR_POD_NAME, "web-1")]);
+        assert_ne!(
+            id.cache_key("a"),
+            provider(&pi, &other, &BTreeMap::new())
+                .unwrap()
+                .cache_key("a")
+        );
+        let e = provider(&pi, &pod, &BTreeMap::new()).unwrap_err();
+        assert_eq!(e, IdentityError::PodIdentityWithoutPod);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct ProviderConfig {
     pub cloud_env_dir: Option<PathBuf>,
     /// IMDS endpoint for managed identity (default `http://169.254.169.254`).
     pub imds_endpoint: Option<String>,
+    /// AAD Pod Identity's NMI host token endpoint (default `http://127.0.0.1:2579/host/token/`).
+    pub nmi_endpoint: Option<String>,
     /// HTTP options: extra CA file, per-attempt timeout, retries, overall deadline, rate limit.
     pub client: keyvault::ClientOptions,
     /// Concurrent Key Vault requests per mount.
@@ -63,6 +65,7 @@ impl Default for ProviderConfig {
             default_cloud_env_file: None,
             cloud_env_dir: Some(PathBuf::from(mount::cloud_env::DEFAULT_CLOUD_ENV_DIR)),
             imds_endpoint: None,
+            nmi_endpoint: None,
             client: keyvault::ClientOptions::default(),
             concurrency: mount::DEFAULT_CONCURRENCY,
             max_concurrent_mounts: DEFAULT_MAX_CONCURRENT_MOUNTS,

@@ -103,6 +103,8 @@ pub struct FlexEnv {
     pub cloud_env_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
     pub imds_endpoint: Option<String>,
+    /// `KVBRIDGE_NMI_ENDPOINT`: AAD Pod Identity's NMI (for `usepodidentity: "true"`).
+    pub nmi_endpoint: Option<String>,
     pub tmpfs: bool,
 }
 
@@ -115,6 +117,7 @@ impl FlexEnv {
                 .map(PathBuf::from),
             ca_file: var("KVBRIDGE_CA_FILE").map(PathBuf::from),
             imds_endpoint: var("KVBRIDGE_IMDS_ENDPOINT"),
+            nmi_endpoint: var("KVBRIDGE_NMI_ENDPOINT"),
             tmpfs: var("KVBRIDGE_FLEXVOLUME_TMPFS").as_deref() != Some("never"),
         }
     }
@@ -315,6 +318,7 @@ pub async fn mount(dir: &Path, options_json: &str, env: &FlexEnv) -> Result<(), 
     let mut config = ProviderConfig {
         default_cloud_env_file: env.cloud_env_file.clone(),
         imds_endpoint: env.imds_endpoint.clone(),
+        nmi_endpoint: env.nmi_endpoint.clone(),
         ..ProviderConfig::default()
     };
     config.client.ca_file = env.ca_file.clone();

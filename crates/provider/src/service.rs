@@ -7,7 +7,9 @@ use std::time::Instant;
 use keyvault::{Cloud, Transport};
 use mount::clients::ClientPool;
 use mount::cloud_env::CloudEnvFiles;
-use mount::identity::{Fallback, Identity, Sources, ATTR_POD_NAME, ATTR_POD_NAMESPACE};
+use mount::identity::{
+    Fallback, Identity, LocalEndpoints, Sources, ATTR_POD_NAME, ATTR_POD_NAMESPACE,
+};
 use mount::target::CloudConfig;
 use render::params::Parameters;
 use render::render::RenderOptions;
@@ -85,7 +87,13 @@ impl ProviderService {
         Ok(Self {
             mounts,
             clouds,
-            clients: ClientPool::new(transport, config.imds_endpoint.clone()),
+            clients: ClientPool::new(
+                transport,
+                LocalEndpoints {
+                    imds: config.imds_endpoint.clone(),
+                    nmi: config.nmi_endpoint.clone(),
+                },
+            ),
             config,
             cache,
             metrics,

@@ -16,6 +16,10 @@ fn driver(env: &Env, args: &[&str]) -> (i32, Value) {
         .env("KVBRIDGE_CLOUD_ENV_FILE", &env.dv.info.cloud_env_file)
         .env("KVBRIDGE_CA_FILE", &env.dv.info.ca)
         .env("KVBRIDGE_IMDS_ENDPOINT", &env.dv.info.url)
+        .env(
+            "KVBRIDGE_NMI_ENDPOINT",
+            format!("{}/host/token/", env.dv.info.url),
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -78,6 +82,42 @@ async fn kubelet_calls_init_mount_unmount() {
     assert!(std::fs::read_to_string(target.join("tls.crt"))
         .unwrap()
         .starts_with("-----BEGIN CERTIFICATE-----"));
+
+    // usepodidentity (the seed users' main path): NMI serves the pod kubelet names; the pod
+    // app-0 is bound to an identity with access, nginx-flex-kv is not.
+    let pi_target = env.dir.path().join("pods/app-0/volumes/azure~kv/test");
+    std::fs::create_dir_all(&pi_target).unwrap();
+    let mut pi: Value = serde_json::from_str(&options).unwrap();
+    pi["usepodidentity"] = json!("true");
+    pi["kubernetes.io/pod.name"] = json!("app-0");
+    for k in [
+        "kubernetes.io/secret/clientid",
+        "kubernetes.io/secret/clientsecret",
+    ] {
+        pi.as_object_mut().unwrap().remove(k);
+    }
+    let (code, s) = driver(
+        &env,
+        &["mount", pi_target.to_str().unwrap(), &pi.to_string()],
+    );
+    assert_eq!((code, &s), (0, &json!({"status": "Success"})));
+    assert_eq!(
+        std::fs::read(pi_target.join("secret.json")).unwrap(),
+        b"hello world"
+    );
+    pi["kubernetes.io/pod.name"] = json!("nginx-flex-kv");
+    let unbound = env
+        .dir
+        .path()
+        .join("pods/nginx-flex-kv-2/volumes/azure~kv/test");
+    let (code, s) = driver(&env, &["mount", unbound.to_str().unwrap(), &pi.to_string()]);
+    assert_eq!(code, 1, "{s}");
+    assert!(
+        s["message"].as_str().unwrap().contains("nginx-flex-kv"),
+        "{s}"
+    );
+    let (code, _) = driver(&env, &["unmount", pi_target.to_str().unwrap()]);
+    assert_eq!(code, 0);
 
     // A missing object: Failure with the object named, nothing written.
     let bad_target = env.dir.path().join("pods/other/volumes/azure~kv/test");

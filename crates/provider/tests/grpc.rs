@@ -351,18 +351,19 @@ async fn identity_modes() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("clientid"), "{}", e.message());
 
-    // Pod identity: refused with the way out.
+    // AAD Pod Identity (retired, still the seed FlexVolume users' main path): NMI issues the
+    // token of the identity bound to the pod the driver names (app-0 -> node-msi).
     let a = attrs(&objs, &[("usePodIdentity", "true")]);
+    let r = mount(&mut client, request(&a, "", "420")).await.unwrap();
+    assert_eq!(file(&r, "plain").contents, b"hello world");
+    // A pod without a binding gets NMI's refusal, not another pod's identity.
+    let mut a = attrs(&objs, &[("usePodIdentity", "true")]);
+    a.insert("csi.storage.k8s.io/pod.name".into(), "unbound-0".into());
     let e = mount(&mut client, request(&a, "", "420"))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(
-        e.message()
-            .contains("AAD Pod Identity is retired and not supported; use workload identity"),
-        "{}",
-        e.message()
-    );
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("unbound-0"), "{}", e.message());
     env.stop().await;
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use keyvault::{ClientOptions, Cloud, KeyVaultClient, Transport};
 use mount::cloud_env::CloudEnvFiles;
-use mount::identity::{Fallback, Identity, Sources};
+use mount::identity::{Fallback, Identity, LocalEndpoints, Sources};
 use mount::target::CloudConfig;
 use mount::writer::AtomicWriter;
 use render::render::RenderOptions;
@@ -177,7 +177,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     // One transport (connection pool, CA trust, retries) for the vault and the token endpoints.
     let transport = Transport::new(&options).context("cannot build the HTTPS client")?;
-    let credential = identity.credential(&target.cloud, imds_endpoint.as_deref(), &transport)?;
+    let endpoints = LocalEndpoints {
+        imds: imds_endpoint,
+        nmi: None,
+    };
+    let credential = identity.credential(&target.cloud, &endpoints, &transport)?;
     let client = KeyVaultClient::with_transport(credential.clone(), transport);
     let source = mount::VaultSource::new(client, vault_url.clone());
     // --watch: a refresh gives up (and warns, keeping the last good files) within about one

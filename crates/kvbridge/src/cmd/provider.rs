@@ -46,6 +46,10 @@ pub struct Args {
     /// Managed identity endpoint (default IMDS, http://169.254.169.254).
     #[arg(long)]
     imds_endpoint: Option<String>,
+    /// AAD Pod Identity's NMI host token endpoint, for classes with usePodIdentity (default
+    /// http://127.0.0.1:2579/host/token/; AAD Pod Identity is retired: prefer workload identity).
+    #[arg(long)]
+    nmi_endpoint: Option<String>,
     /// How long a `latest` object is served from the node cache (keep well below the rotation
     /// poll interval; 0s = always read the vault, concurrent identical reads still coalesce).
     #[arg(long, default_value = "30s", value_parser = crate::cmd::parse_duration)]
@@ -85,6 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         default_cloud_env_file: args.cloud_env_file.clone(),
         cloud_env_dir: Some(args.cloud_env_dir.clone()),
         imds_endpoint: args.imds_endpoint.clone(),
+        nmi_endpoint: args.nmi_endpoint.clone(),
         concurrency: args.concurrency.max(1),
         max_concurrent_mounts: args.max_concurrent_mounts.max(1),
         cache: CacheConfig {

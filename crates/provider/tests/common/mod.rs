@@ -73,6 +73,8 @@ identities:
       - {{issuer: "{ISSUER}", subject: "system:serviceaccount:default:app", issuerKey: issuer.pem}}
   - {{clientId: node-msi, managedIdentity: true, systemAssigned: true}}
   - {{clientId: user-msi, managedIdentity: true}}
+podIdentities:
+  - {{namespace: default, podName: app-0, clientId: node-msi}}
 "#
     )
 }
@@ -111,6 +113,7 @@ pub async fn start_with(extra_secrets: &str, tweak: impl FnOnce(&mut ProviderCon
     cfg.default_cloud_env_file = Some(dv.info.cloud_env_file.clone());
     cfg.client.ca_file = Some(dv.info.ca.clone());
     cfg.imds_endpoint = Some(dv.info.url.clone());
+    cfg.nmi_endpoint = Some(format!("{}/host/token/", dv.info.url));
     tweak(&mut cfg);
     let service =
         Arc::new(ProviderService::new(cfg, Arc::new(provider::metrics::Metrics::new())).unwrap());
