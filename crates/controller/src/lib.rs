@@ -1,0 +1,4 @@
+//! `kvbridge-controller`: the akv2k8s-compatible `AzureKeyVaultSecret` resource and the
+//! controller that syncs Key Vault objects into Kubernetes Secrets and ConfigMaps.
+
+pub mod crd;
