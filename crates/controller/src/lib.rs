@@ -2,3 +2,4 @@
 //! controller that syncs Key Vault objects into Kubernetes Secrets and ConfigMaps.
 
 pub mod crd;
+pub mod mapping;

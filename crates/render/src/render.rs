@@ -469,13 +469,7 @@ fn render_secret(
             }
             CONTENT_TYPE_PFX if spec.format == ObjectFormat::Pfx => s.value.clone(),
             CONTENT_TYPE_PFX => {
-                let der = Zeroizing::new(
-                    GO_STD_BASE64
-                        .decode(strip_newlines(&s.value).as_bytes())
-                        .map_err(|_| obj_err(spec, "value", "PFX value is not valid base64"))?,
-                );
-                let bundle = pki::parse_pfx(&der, "")
-                    .map_err(|e| obj_err(spec, "value", format!("cannot decode PFX: {e}")))?;
+                let bundle = decode_pfx_value(spec, &s.value)?;
                 let certs = if opts.construct_pem_chain {
                     pki::order_chain(&bundle.certs).map_err(|e| {
                         obj_err(
@@ -521,9 +515,47 @@ fn render_secret(
     Ok(out)
 }
 
+/// The private key and certificates (in stored order) of a certificate-backed secret, from its
+/// value: base64 PFX without password (`application/x-pkcs12`) or PEM (`application/x-pem-file`).
+/// `content_type` `None` is taken as PEM when the value starts like PEM, else as PFX. Validated
+/// as [`render_object`] validates them; errors never quote the value.
+pub fn cert_secret_bundle(
+    spec: &ObjectSpec,
+    value: &str,
+    content_type: Option<&str>,
+) -> Result<pki::CertBundle, RenderError> {
+    let pem = match content_type {
+        Some(CONTENT_TYPE_PEM) => true,
+        Some(CONTENT_TYPE_PFX) => false,
+        None => value.trim_start().starts_with("-----BEGIN"),
+        Some(other) => {
+            return Err(obj_err(
+                spec,
+                "contentType",
+                format!("unknown content type {other:?} for a certificate-backed secret"),
+            ))
+        }
+    };
+    if pem {
+        check_pem_bundle(spec, value)
+    } else {
+        decode_pfx_value(spec, value)
+    }
+}
+
+fn decode_pfx_value(spec: &ObjectSpec, value: &str) -> Result<pki::CertBundle, RenderError> {
+    let der = Zeroizing::new(
+        GO_STD_BASE64
+            .decode(strip_newlines(value).as_bytes())
+            .map_err(|_| obj_err(spec, "value", "PFX value is not valid base64"))?,
+    );
+    pki::parse_pfx(&der, "").map_err(|e| obj_err(spec, "value", format!("cannot decode PFX: {e}")))
+}
+
 /// A PEM certificate-backed secret must be what Key Vault stores: at most one private key and at
-/// least one certificate, all parseable. It is written as is, so this only checks.
-fn check_pem_bundle(spec: &ObjectSpec, text: &str) -> Result<(), RenderError> {
+/// least one certificate, all parseable. It is written as is, so this only checks (and returns
+/// the parsed bundle).
+fn check_pem_bundle(spec: &ObjectSpec, text: &str) -> Result<pki::CertBundle, RenderError> {
     let bundle = pki::parse_pem_bundle(text).map_err(|e| {
         obj_err(
             spec,
@@ -547,7 +579,7 @@ fn check_pem_bundle(spec: &ObjectSpec, text: &str) -> Result<(), RenderError> {
             )
         })?;
     }
-    Ok(())
+    Ok(bundle)
 }
 
 fn strip_newlines(s: &str) -> Zeroizing<String> {
