@@ -192,16 +192,7 @@ fn rsa_from_jwk(jwk: &serde_json::Value) -> Result<PrivateKey, PkiError> {
         let pkcs1 = Zeroizing::new(der::seq(&refs));
         pkcs1_to_pkcs8(&pkcs1)?
     } else {
-        use rsa::pkcs8::EncodePrivateKey;
-        use rsa::BoxedUint;
-        let to_uint = |v: &[u8]| BoxedUint::from_be_slice_vartime(v);
-        let key =
-            rsa::RsaPrivateKey::from_components(to_uint(&n), to_uint(&e), to_uint(&d), vec![])
-                .map_err(|e| PkiError::InvalidKey(format!("RSA JWK: {e}")))?;
-        let doc = key
-            .to_pkcs8_der()
-            .map_err(|e| PkiError::InvalidKey(format!("RSA JWK: {e}")))?;
-        PrivateKey::from_pkcs8_der(doc.as_bytes().to_vec())?
+        rsa_from_n_e_d(&n, &e, &d)?
     };
     if let KeyKind::Rsa { bits } = key.kind() {
         if bits >= 2048 {
@@ -210,6 +201,27 @@ fn rsa_from_jwk(jwk: &serde_json::Value) -> Result<PrivateKey, PkiError> {
         }
     }
     Ok(key)
+}
+
+/// An RSA private key from a JWK without CRT parameters (the primes are recovered).
+#[cfg(feature = "keygen")]
+fn rsa_from_n_e_d(n: &[u8], e: &[u8], d: &[u8]) -> Result<PrivateKey, PkiError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    use rsa::BoxedUint;
+    let to_uint = |v: &[u8]| BoxedUint::from_be_slice_vartime(v);
+    let key = rsa::RsaPrivateKey::from_components(to_uint(n), to_uint(e), to_uint(d), vec![])
+        .map_err(|e| PkiError::InvalidKey(format!("RSA JWK: {e}")))?;
+    let doc = key
+        .to_pkcs8_der()
+        .map_err(|e| PkiError::InvalidKey(format!("RSA JWK: {e}")))?;
+    PrivateKey::from_pkcs8_der(doc.as_bytes().to_vec())
+}
+
+#[cfg(not(feature = "keygen"))]
+fn rsa_from_n_e_d(_n: &[u8], _e: &[u8], _d: &[u8]) -> Result<PrivateKey, PkiError> {
+    Err(PkiError::InvalidKey(
+        "RSA JWK without p, q, dp, dq, qi: prime recovery is not built in (kvbridge-pki feature `keygen`)".into(),
+    ))
 }
 
 fn check_ec_pair(key: &PrivateKey, curve: Curve) -> Result<(), PkiError> {

@@ -470,7 +470,28 @@ pub fn spki_der(key: &PrivateKey) -> Result<Vec<u8>, PkiError> {
     Ok(public_parts(key)?.to_spki())
 }
 
-/// Generates a new key: RSA 2048/3072/4096 or EC P-256/P-384/P-521.
+#[cfg(feature = "keygen")]
+fn generate_rsa(bits: usize) -> Result<PrivateKey, PkiError> {
+    use getrandom::rand_core::UnwrapErr;
+    use getrandom::SysRng;
+    use rsa::pkcs8::EncodePrivateKey;
+    let key = rsa::RsaPrivateKey::new(&mut UnwrapErr(SysRng), bits)
+        .map_err(|e| PkiError::KeyGeneration(e.to_string()))?;
+    let doc = key
+        .to_pkcs8_der()
+        .map_err(|e| PkiError::KeyGeneration(e.to_string()))?;
+    PrivateKey::from_pkcs8_der(doc.as_bytes().to_vec())
+}
+
+#[cfg(not(feature = "keygen"))]
+fn generate_rsa(_bits: usize) -> Result<PrivateKey, PkiError> {
+    Err(PkiError::KeyGeneration(
+        "RSA key generation is not built in (kvbridge-pki feature `keygen`, enabled by the dev vault)".into(),
+    ))
+}
+
+/// Generates a new key: RSA 2048/3072/4096 (with the `keygen` feature) or EC
+/// P-256/P-384/P-521.
 pub fn generate_key(kind: KeyKind) -> Result<PrivateKey, PkiError> {
     use getrandom::rand_core::UnwrapErr;
     use getrandom::SysRng;
@@ -481,13 +502,7 @@ pub fn generate_key(kind: KeyKind) -> Result<PrivateKey, PkiError> {
                     "RSA key size {bits} is not one of 2048, 3072, 4096"
                 )));
             }
-            use rsa::pkcs8::EncodePrivateKey;
-            let key = rsa::RsaPrivateKey::new(&mut UnwrapErr(SysRng), bits)
-                .map_err(|e| PkiError::KeyGeneration(e.to_string()))?;
-            let doc = key
-                .to_pkcs8_der()
-                .map_err(|e| PkiError::KeyGeneration(e.to_string()))?;
-            PrivateKey::from_pkcs8_der(doc.as_bytes().to_vec())
+            generate_rsa(bits)
         }
         KeyKind::Ec(Curve::P521) => {
             use p521::elliptic_curve::Generate;

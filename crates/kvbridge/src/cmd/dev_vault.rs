@@ -1,10 +1,11 @@
-//! `kvbridge dev-vault`.
+//! `kvbridge dev-vault`, and the dev vault `kvbridge mount --dev-vault` embeds.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use devvault::{FaultConfig, Options};
+use keyvault::Cloud;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -89,4 +90,48 @@ fn print_banner(info: &devvault::ReadyInfo) {
     println!("  AAD Pod Identity:   NMI host token endpoint https://localhost:{port}/host/token/ (seed: podIdentities)");
     println!("  admin:              https://localhost:{port}/admin/counters  https://localhost:{port}/admin/faults");
     println!("ready");
+}
+
+/// A dev vault started inside another command (`kvbridge mount --dev-vault SEED`): what a
+/// mount needs from it.
+pub struct Embedded {
+    running: devvault::Running,
+    /// Its cloud (authority, `NAME.localhost:PORT` vault names, resource).
+    pub cloud: Cloud,
+    pub ca: PathBuf,
+    /// Its origin: Entra ID, IMDS and NMI stand-ins.
+    pub url: String,
+    /// The built-in service principal.
+    pub client_id: &'static str,
+    pub client_secret: &'static str,
+}
+
+impl Embedded {
+    pub async fn start(seed: &Path, state: &Path) -> anyhow::Result<Embedded> {
+        let mut opts = Options::new("127.0.0.1:0".parse()?, state);
+        opts.seed = Some(seed.to_path_buf());
+        let running = devvault::start(opts)
+            .await
+            .context("the embedded dev vault could not start")?;
+        eprintln!(
+            "embedded dev vault on {} (state {}, CA {})",
+            running.info.url,
+            state.display(),
+            running.info.ca.display()
+        );
+        let cloud = Cloud::from_env_file(&running.info.cloud_env_file)
+            .context("reading the embedded dev vault's cloud.json")?;
+        Ok(Embedded {
+            cloud,
+            ca: running.info.ca.clone(),
+            url: running.info.url.clone(),
+            client_id: devvault::seed::DEFAULT_CLIENT_ID,
+            client_secret: devvault::seed::DEFAULT_CLIENT_SECRET,
+            running,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.running.stop().await;
+    }
 }

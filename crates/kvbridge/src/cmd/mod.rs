@@ -1,5 +1,9 @@
 //! One module per subcommand: flags, then a call into the library crate that does the work.
 
+#[cfg(feature = "dev-vault")]
+pub mod dev_vault;
+#[cfg(not(feature = "dev-vault"))]
+#[path = "no_dev_vault.rs"]
 pub mod dev_vault;
 pub mod flexvolume;
 pub mod mount;

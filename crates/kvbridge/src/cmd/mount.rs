@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use keyvault::{ClientOptions, Cloud, KeyVaultClient, Transport};
+use keyvault::{ClientOptions, KeyVaultClient, Transport};
 use mount::cloud_env::CloudEnvFiles;
 use mount::identity::{Fallback, Identity, LocalEndpoints, Sources};
 use mount::target::CloudConfig;
 use mount::writer::AtomicWriter;
 use render::render::RenderOptions;
+
+use crate::cmd::dev_vault::Embedded;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -122,18 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // The embedded dev vault, when asked for, lives as long as this command.
     let mut dev = None;
     if let Some(seed) = &args.dev_vault {
-        let mut opts = devvault::Options::new("127.0.0.1:0".parse()?, &args.dev_vault_state);
-        opts.seed = Some(seed.clone());
-        let running = devvault::start(opts)
-            .await
-            .context("the embedded dev vault could not start")?;
-        eprintln!(
-            "embedded dev vault on {} (state {}, CA {})",
-            running.info.url,
-            args.dev_vault_state.display(),
-            running.info.ca.display()
-        );
-        dev = Some(running);
+        dev = Some(Embedded::start(seed, &args.dev_vault_state).await?);
     }
     // What the user configured -> cloud, vault URL, identity (the same layer as the provider).
     let mut clouds = CloudConfig::new(CloudEnvFiles::anywhere()).with_base_dir(&class_dir);
@@ -147,14 +138,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(d) = &dev {
         // Every class reads from the embedded dev vault, whatever cloud it names; its built-in
         // client is the identity unless the environment names one.
-        let text = std::fs::read_to_string(&d.info.cloud_env_file)
-            .context("reading the embedded dev vault's cloud.json")?;
-        clouds.override_cloud = Some(Cloud::from_env_json(&text).map_err(anyhow::Error::msg)?);
-        ca_file.get_or_insert_with(|| d.info.ca.clone());
-        imds_endpoint.get_or_insert_with(|| d.info.url.clone());
+        clouds.override_cloud = Some(d.cloud.clone());
+        ca_file.get_or_insert_with(|| d.ca.clone());
+        imds_endpoint.get_or_insert_with(|| d.url.clone());
         fallback = Fallback::Fixed {
-            client_id: devvault::seed::DEFAULT_CLIENT_ID.to_string(),
-            secret: devvault::seed::DEFAULT_CLIENT_SECRET.to_string().into(),
+            client_id: d.client_id.to_string(),
+            secret: d.client_secret.to_string().into(),
         };
     }
     let target = clouds.resolve_async(&params).await?;
