@@ -64,7 +64,7 @@ impl CloudConfig {
     /// The target of `params`. Blocking when the class names an environment file (bounded,
     /// never on a FIFO); async callers use [`CloudConfig::resolve_async`].
     pub fn resolve(&self, params: &Parameters) -> Result<VaultTarget, TargetError> {
-        let mut cloud = match (&self.override_cloud, &params.cloud_env_file_name) {
+        let cloud = match (&self.override_cloud, &params.cloud_env_file_name) {
             (Some(cloud), _) => cloud.clone(),
             (None, Some(name)) => self.env_files.read(name, self.base_dir.as_deref())?,
             (None, None) => match (&self.default_cloud, params.cloud_name.as_str()) {
@@ -72,6 +72,22 @@ impl CloudConfig {
                 (_, name) => builtin(name)?,
             },
         };
+        Ok(self.finish(cloud, &params.keyvault_name))
+    }
+
+    /// The target of a vault named outside any class (the controller's `spec.vault.name`): the
+    /// override cloud, else the component's default cloud, else Azure public; then the
+    /// command-line overrides. Never reads a file.
+    pub fn resolve_name(&self, keyvault_name: &str) -> VaultTarget {
+        let cloud = self
+            .override_cloud
+            .clone()
+            .or_else(|| self.default_cloud.clone())
+            .unwrap_or_else(Cloud::public);
+        self.finish(cloud, keyvault_name)
+    }
+
+    fn finish(&self, mut cloud: Cloud, keyvault_name: &str) -> VaultTarget {
         if let Some(a) = &self.authority_host {
             cloud.authority_host = if a.ends_with('/') {
                 a.clone()
@@ -82,8 +98,8 @@ impl CloudConfig {
         let vault_url = self
             .vault_url
             .clone()
-            .unwrap_or_else(|| cloud.vault_url(&params.keyvault_name));
-        Ok(VaultTarget { cloud, vault_url })
+            .unwrap_or_else(|| cloud.vault_url(keyvault_name));
+        VaultTarget { cloud, vault_url }
     }
 
     /// [`CloudConfig::resolve`] with the file read off the async workers.
@@ -183,6 +199,25 @@ mod tests {
             .unwrap();
         assert_eq!(t.vault_url, "https://kv1.vault.stack");
         assert_eq!(t.cloud.authority_host, "https://login.stack/");
+    }
+
+    #[test]
+    fn resolve_name_uses_the_default_cloud() {
+        let cfg = CloudConfig::new(CloudEnvFiles::anywhere());
+        assert_eq!(
+            cfg.resolve_name("kv1").vault_url,
+            "https://kv1.vault.azure.net"
+        );
+        let mut dflt = Cloud::public();
+        dflt.vault_dns_suffix = "localhost:8443".into();
+        let cfg = CloudConfig {
+            default_cloud: Some(dflt),
+            authority_host: Some("https://login.test".into()),
+            ..cfg
+        };
+        let t = cfg.resolve_name("kv1");
+        assert_eq!(t.vault_url, "https://kv1.localhost:8443");
+        assert_eq!(t.cloud.authority_host, "https://login.test/");
     }
 
     #[test]
