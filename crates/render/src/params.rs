@@ -11,7 +11,7 @@
 //! - file names: relative, never containing `..` anywhere (the provider's fallback check), so
 //!   they also cannot clash with the writer's `..data` / `..<timestamp>` entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_yaml_ng::Value;
@@ -646,6 +646,11 @@ pub fn parse_octal_mode(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
+/// Longest file name (Linux `PATH_MAX` less room for the target directory).
+pub const MAX_PATH_BYTES: usize = 2048;
+/// Longest path segment (Linux `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+
 /// File-name rules of the Azure provider (plus: no empty path segments, no NUL).
 pub fn validate_file_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -656,6 +661,18 @@ pub fn validate_file_name(name: &str) -> Result<(), String> {
     }
     if name.contains("..") {
         return Err(format!("file name {name:?} must not contain '..'"));
+    }
+    if name.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "file name is {} bytes, more than the limit of {MAX_PATH_BYTES}",
+            name.len()
+        ));
+    }
+    if let Some(seg) = name.split('/').find(|seg| seg.len() > MAX_NAME_BYTES) {
+        return Err(format!(
+            "file name segment of {} bytes, more than the limit of {MAX_NAME_BYTES}",
+            seg.len()
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(format!(
@@ -671,27 +688,29 @@ pub fn validate_file_name(name: &str) -> Result<(), String> {
 }
 
 /// The first pair of `paths` that name the same file, or where one is a directory holding the
-/// other, as (later position, earlier position). Linear: each path and each of its parent
-/// directories is looked up once.
+/// other, as (later position, earlier position).
+///
+/// Sort-based, so the work is O(total length · log n) whatever the shapes: with `/` ordered
+/// before every other character, a path's directory descendants sort right after it, so only
+/// neighbours need comparing (hashing every parent directory instead would be quadratic in a
+/// path's depth).
 pub(crate) fn first_path_clash(paths: &[&str]) -> Option<(usize, usize)> {
-    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(paths.len());
-    let mut found: Option<(usize, usize)> = None;
-    let mut keep = |pair: (usize, usize)| {
-        if found.is_none_or(|f| pair.0 < f.0 || (pair.0 == f.0 && pair.1 < f.1)) {
-            found = Some(pair);
-        }
+    let key = |p: &str| {
+        p.bytes()
+            .map(|b| if b == b'/' { 0 } else { b })
+            .collect::<Vec<u8>>()
     };
-    for (i, p) in paths.iter().enumerate() {
-        if let Some(&first) = seen.get(p) {
-            keep((i, first));
-        } else {
-            seen.insert(p, i);
-        }
-    }
-    for (i, p) in paths.iter().enumerate() {
-        for (cut, _) in p.match_indices('/') {
-            if let Some(&j) = seen.get(&p[..cut]) {
-                keep((i.max(j), i.min(j)));
+    let mut order: Vec<(Vec<u8>, usize)> =
+        paths.iter().enumerate().map(|(i, p)| (key(p), i)).collect();
+    order.sort();
+    let mut found: Option<(usize, usize)> = None;
+    for pair in order.windows(2) {
+        let ((a, ia), (b, ib)) = (&pair[0], &pair[1]);
+        let clash = a == b || (b.len() > a.len() && b.starts_with(a) && b[a.len()] == 0);
+        if clash {
+            let p = ((*ia).max(*ib), (*ia).min(*ib));
+            if found.is_none_or(|f| p < f) {
+                found = Some(p);
             }
         }
     }

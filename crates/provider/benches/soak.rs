@@ -1,0 +1,269 @@
+//! Soak benchmark (prints, not a timed test): a real `kvbridge provider` process serving normal
+//! Mounts while hostile clients hammer it with classes built to stall it (100k-deep YAML
+//! nesting, an 80,000-object list, a FIFO as `cloudEnvFileName`, a typo'd objects list).
+//! Reports the normal Mounts' p50/p99 unloaded and under that load (target: p99 within 2x),
+//! and how long the class parser takes on the largest inputs the limits admit.
+//!
+//! `cargo bench -p kvbridge-provider --bench soak` (builds `kvbridge` in release first).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn kvbridge_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("bench path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "kvbridge"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    profile_dir.join("kvbridge")
+}
+
+fn spawn_provider(bin: &Path, socket: &Path, dv: &devvault::Running, env_dir: &Path) -> Child {
+    Command::new(bin)
+        .args([
+            "provider",
+            "--healthz-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--cache-ttl",
+            "0s",
+            "--rate-limit",
+            "0",
+        ])
+        .arg("--endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--cloud-env-file")
+        .arg(&dv.info.cloud_env_file)
+        .arg("--cloud-env-dir")
+        .arg(env_dir)
+        .arg("--ca-file")
+        .arg(&dv.info.ca)
+        .env("KVBRIDGE_LOG", "error")
+        .spawn()
+        .expect("spawn kvbridge provider")
+}
+
+async fn wait_socket(socket: &Path) {
+    for _ in 0..200 {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("provider socket never came up");
+}
+
+fn objects_n(n: usize) -> String {
+    let items: Vec<String> = (0..n)
+        .map(|i| format!("objectName: s-{}\nobjectType: secret", i % 10))
+        .collect();
+    let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+    objects(&refs)
+}
+
+/// A hostile class: label, `objects`, extra parameters.
+type Hostile = (&'static str, String, Vec<(&'static str, &'static str)>);
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn normal_mounts(socket: &Path, rounds: usize, sp: &str) -> Vec<Duration> {
+    let mut client = connect(socket).await;
+    let a = attrs(&objects_n(10), &[]);
+    mount(&mut client, request(&a, sp, "420")).await.unwrap();
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let r = mount(&mut client, request(&a, sp, "420")).await.unwrap();
+        lat.push(t.elapsed());
+        assert_eq!(r.files.len(), 10);
+    }
+    lat.sort();
+    lat
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success());
+}
+
+/// Parse time of the largest admitted inputs (in this process, release build).
+fn parser_figures() {
+    let limit = render::limits::MAX_OBJECTS;
+    let mut many = String::from("array:\n");
+    for i in 0..limit {
+        many.push_str(&format!(
+            "  - |\n    objectName: o{i}\n    objectType: secret\n    objectAlias: d{}/f{i}\n",
+            i % 7
+        ));
+    }
+    let deep_name = "a/".repeat(render::params::MAX_PATH_BYTES / 2 - 3) + "z";
+    let mut deep = String::from("array:\n");
+    let mut n = 0;
+    while deep.len() + deep_name.len() + 80 < render::limits::MAX_OBJECTS_BYTES {
+        deep.push_str(&format!(
+            "  - |\n    objectName: o{n}\n    objectType: secret\n    objectAlias: {deep_name}{n}\n"
+        ));
+        n += 1;
+    }
+    let nested = format!("array:\n  - |\n    objectName: {}\n", "[".repeat(200_000));
+    let huge: String = objects_n(80_000);
+    println!("Class parser on the largest inputs (median of 9 runs):");
+    for (label, text) in [
+        (
+            format!("{limit} objects ({} KiB)", many.len() / 1024),
+            &many,
+        ),
+        (
+            format!(
+                "{n} objects with 2 KiB deep aliases ({} KiB)",
+                deep.len() / 1024
+            ),
+            &deep,
+        ),
+        (
+            format!("100k-deep nesting ({} KiB, refused)", nested.len() / 1024),
+            &nested,
+        ),
+        (
+            format!("80,000 objects ({} KiB, refused)", huge.len() / 1024),
+            &huge,
+        ),
+    ] {
+        let mut times: Vec<Duration> = (0..9)
+            .map(|_| {
+                let t = Instant::now();
+                let _ = render::params::parse_objects(text);
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!("  {label:<50} {:>9.2?}", times[4]);
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    parser_figures();
+    let bin = kvbridge_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets: String = (0..10)
+        .map(|i| format!("      - {{name: s-{i}, value: \"value-{i}\"}}\n"))
+        .collect();
+    let seed = format!(
+        "tenant: {TENANT}\nvaults:\n  - name: {VAULT}\n    secrets:\n{secrets}identities:\n  - {{clientId: app, secret: app-secret}}\n"
+    );
+    std::fs::write(dir.path().join("seed.yaml"), seed).unwrap();
+    let mut opts = devvault::Options::new("127.0.0.1:0".parse().unwrap(), dir.path().join("dv"));
+    opts.seed = Some(dir.path().join("seed.yaml"));
+    let dv = devvault::start(opts).await.unwrap();
+    let env_dir = dir.path().join("envs");
+    std::fs::create_dir(&env_dir).unwrap();
+    mkfifo(&env_dir.join("fifo"));
+    let sp = sp_secrets("app", "app-secret");
+    let socket = dir.path().join("azure.sock");
+    let mut child = spawn_provider(&bin, &socket, &dv, &env_dir);
+    wait_socket(&socket).await;
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&dv.info.ca).unwrap()).unwrap(),
+        )
+        .use_rustls_tls()
+        .build()
+        .unwrap();
+
+    let hostile: Vec<Hostile> = vec![
+        (
+            "100k-deep nesting",
+            format!(
+                "array:\n  - |\n    objectName: {}{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            vec![],
+        ),
+        ("80,000 objects", objects_n(80_000), vec![]),
+        (
+            "FIFO cloudEnvFileName",
+            objects_n(1),
+            vec![("cloudEnvFileName", "fifo")],
+        ),
+        (
+            "typo'd objects",
+            "arrray:\n  - |\n    objectName: s-1\n    objectType: secret\n".into(),
+            vec![],
+        ),
+    ];
+
+    for (label, latency_ms, rounds) in [
+        ("bare loopback", 0u64, 300usize),
+        ("vault latency 20 ms", 20, 100),
+    ] {
+        http.put(format!("{}/admin/faults", dv.info.url))
+            .json(&serde_json::json!({"latency_ms": latency_ms}))
+            .send()
+            .await
+            .unwrap();
+        let unloaded = normal_mounts(&socket, rounds, &sp).await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for (_, objs, extra) in &hostile {
+            let a = attrs(objs, extra);
+            let req = request(&a, &sp, "420");
+            let (stop, refused, socket) = (stop.clone(), refused.clone(), socket.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut c = connect(&socket).await;
+                while !stop.load(Ordering::Relaxed) {
+                    if mount(&mut c, req.clone()).await.is_err() {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let loaded = normal_mounts(&socket, rounds, &sp).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (u99, l99) = (pct(&unloaded, 0.99), pct(&loaded, 0.99));
+        println!("Normal mounts of 10 objects (cache off), {label}, {rounds} sequential:");
+        println!(
+            "  unloaded                     p50 {:>9.2?}  p99 {:>9.2?}",
+            pct(&unloaded, 0.5),
+            u99
+        );
+        println!(
+            "  with 4 hostile clients       p50 {:>9.2?}  p99 {:>9.2?}  ({} hostile mounts refused meanwhile: {})",
+            pct(&loaded, 0.5),
+            l99,
+            refused.load(Ordering::Relaxed),
+            hostile.iter().map(|h| h.0).collect::<Vec<_>>().join(", ")
+        );
+        println!(
+            "  p99 ratio loaded/unloaded: {:.2}x (target <= 2x)",
+            l99.as_secs_f64() / u99.as_secs_f64()
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    dv.stop().await;
+}
