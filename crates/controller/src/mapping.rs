@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine as _;
-use render::params::{ObjectEncoding, ObjectFormat, ObjectSpec, ObjectType as RenderType};
+use render::params::{ObjectEncoding, ObjectFormat, ObjectKind as RenderType, ObjectSpec};
 use render::render::{FetchKey, Fetched, RenderOptions};
 use zeroize::Zeroizing;
 
@@ -221,7 +221,7 @@ pub fn fetch_key(spec: &AzureKeyVaultSecretSpec) -> FetchKey {
         ObjectType::Secret | ObjectType::MultiKeyValueSecret => RenderType::Secret,
         ObjectType::Key => RenderType::Key,
         ObjectType::Certificate if certificate_needs_private_key(spec) => RenderType::Secret,
-        ObjectType::Certificate => RenderType::Cert,
+        ObjectType::Certificate => RenderType::Certificate,
     };
     FetchKey {
         object_type,
@@ -269,7 +269,7 @@ pub fn desired(
     let got_type = match fetched {
         Fetched::Secret(_) => RenderType::Secret,
         Fetched::Key(_) => RenderType::Key,
-        Fetched::Cert(_) => RenderType::Cert,
+        Fetched::Cert(_) => RenderType::Certificate,
     };
     if got_type != want.object_type {
         return Err(MapError::Value {
@@ -498,7 +498,7 @@ impl ObjectValue {
             }
             (ObjectType::Certificate, Fetched::Cert(_)) => {
                 let files = render::render::render_object(
-                    &render_spec(spec, RenderType::Cert),
+                    &render_spec(spec, RenderType::Certificate),
                     fetched,
                     "cert",
                     &RenderOptions::default(),

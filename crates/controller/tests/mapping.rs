@@ -11,7 +11,7 @@ use base64::Engine as _;
 use controller::crd::AzureKeyVaultSecretSpec;
 use controller::mapping::{desired, fetch_key, Desired, KeyFormat, MapError, MapOptions};
 use pki::{CertRequest, Curve, KeyKind, PrivateKey};
-use render::params::ObjectType as RenderType;
+use render::params::ObjectKind as RenderType;
 use render::render::{Fetched, FetchedCert, FetchedKey, FetchedSecret};
 use zeroize::Zeroizing;
 
@@ -488,13 +488,13 @@ fn certificate_opaque_public_and_config_map() {
         "vault: {name: kv, object: {name: c, type: certificate}}\noutput: {secret: {name: o, type: opaque, dataKey: cert.pem}}",
     ] {
         let s = spec(yaml);
-        assert_eq!(fetch_key(&s).object_type, RenderType::Cert, "{yaml}");
+        assert_eq!(fetch_key(&s).object_type, RenderType::Certificate, "{yaml}");
         let d = desired(&s, &fetched, &MapOptions::default()).unwrap();
         assert_eq!(text(&d, "cert.pem"), pem("CERTIFICATE", &c.certs[0]));
         assert_eq!(d.object_version, "v9");
     }
     let s = spec("vault: {name: kv, object: {name: c, type: certificate}}\noutput: {configMap: {name: cm, dataKey: ca.pem}}");
-    assert_eq!(fetch_key(&s).object_type, RenderType::Cert);
+    assert_eq!(fetch_key(&s).object_type, RenderType::Certificate);
     let d = desired(&s, &fetched, &MapOptions::default()).unwrap();
     let cm = d.config_map.unwrap();
     assert_eq!(cm.name, "cm");
@@ -682,8 +682,8 @@ fn fetch_key_follows_the_object_and_output() {
     for (t, want) in [
         ("kubernetes.io/tls", RenderType::Secret),
         ("Opaque", RenderType::Secret),
-        ("opaque", RenderType::Cert),
-        ("example.com/x", RenderType::Cert),
+        ("opaque", RenderType::Certificate),
+        ("example.com/x", RenderType::Certificate),
     ] {
         let s = spec(&format!("vault: {{name: kv, object: {{name: c, type: certificate}}}}\noutput: {{secret: {{name: o, type: {t}, dataKey: k}}}}"));
         assert_eq!(fetch_key(&s).object_type, want, "{t}");

@@ -90,23 +90,7 @@ impl KvError {
     }
 }
 
-/// The three object families of the data plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum ObjectKind {
-    Secret,
-    Key,
-    Certificate,
-}
-
-impl ObjectKind {
-    pub fn noun(self) -> &'static str {
-        match self {
-            ObjectKind::Secret => "secret",
-            ObjectKind::Key => "key",
-            ObjectKind::Certificate => "certificate",
-        }
-    }
-}
+pub use model::ObjectKind;
 
 impl IntoResponse for KvError {
     fn into_response(self) -> Response {

@@ -30,13 +30,6 @@ pub fn random_unit() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Key Vault object names: 1-127 characters of `[0-9a-zA-Z-]`.
-pub fn valid_object_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 127
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,13 +43,5 @@ mod tests {
             .bytes()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn object_names() {
-        assert!(valid_object_name("db-password"));
-        assert!(!valid_object_name("db_password"));
-        assert!(!valid_object_name(""));
-        assert!(!valid_object_name(&"a".repeat(128)));
     }
 }

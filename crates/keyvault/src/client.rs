@@ -265,11 +265,7 @@ fn name_version(id: &str, target: &Target) -> Result<(String, String), Error> {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 127
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
+use model::valid_object_name as valid_name;
 
 fn normalize_version(version: Option<&str>) -> Result<Option<&str>, Error> {
     match version.map(str::trim) {

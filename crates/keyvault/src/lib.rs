@@ -25,8 +25,6 @@ mod error;
 mod proptests;
 mod transport;
 
-use std::fmt;
-
 pub use cache::{TokenCache, REFRESH_MARGIN};
 pub use client::{CertificateBundle, KeyBundle, KeyVaultClient, SecretBundle, VersionInfo};
 pub use cloud::Cloud;
@@ -43,41 +41,4 @@ pub use transport::{
     MAX_TOKEN_BODY, MAX_VAULT_BODY,
 };
 
-/// The three Key Vault object kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ObjectKind {
-    Secret,
-    Key,
-    Certificate,
-}
-
-impl ObjectKind {
-    /// The URL collection: `secrets`, `keys`, `certificates`.
-    pub fn collection(self) -> &'static str {
-        match self {
-            ObjectKind::Secret => "secrets",
-            ObjectKind::Key => "keys",
-            ObjectKind::Certificate => "certificates",
-        }
-    }
-
-    /// Parses the SecretProviderClass `objectType` (secret | key | cert) and longer forms.
-    pub fn parse(s: &str) -> Option<ObjectKind> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "secret" | "secrets" => Some(ObjectKind::Secret),
-            "key" | "keys" => Some(ObjectKind::Key),
-            "cert" | "certificate" | "certificates" => Some(ObjectKind::Certificate),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ObjectKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ObjectKind::Secret => "secret",
-            ObjectKind::Key => "key",
-            ObjectKind::Certificate => "certificate",
-        })
-    }
-}
+pub use model::{valid_object_name, valid_vault_name, ObjectKind};

@@ -37,7 +37,7 @@ impl MountError {
 fn describe(key: &FetchKey) -> String {
     format!(
         "{}/{} (version {})",
-        key.object_type.as_str(),
+        key.object_type.object_type(),
         key.name,
         key.version.as_deref().unwrap_or("latest")
     )

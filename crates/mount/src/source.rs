@@ -3,7 +3,6 @@
 use std::future::Future;
 
 use keyvault::{KeyVaultClient, ObjectKind};
-use render::params::ObjectType;
 use render::render::{FetchKey, Fetched, FetchedCert, FetchedKey, FetchedSecret, VersionInfo};
 
 use crate::MountError;
@@ -14,17 +13,9 @@ pub trait Source: Sync {
     /// Versions newest first (by creation time).
     fn versions(
         &self,
-        object_type: ObjectType,
+        object_type: ObjectKind,
         name: &str,
     ) -> impl Future<Output = Result<Vec<VersionInfo>, MountError>> + Send;
-}
-
-pub fn kind_of(t: ObjectType) -> ObjectKind {
-    match t {
-        ObjectType::Secret => ObjectKind::Secret,
-        ObjectType::Key => ObjectKind::Key,
-        ObjectType::Cert => ObjectKind::Certificate,
-    }
 }
 
 /// Reads straight from one vault.
@@ -51,7 +42,7 @@ impl Source for VaultSource {
             source,
         };
         Ok(match key.object_type {
-            ObjectType::Secret => {
+            ObjectKind::Secret => {
                 let s = self
                     .client
                     .get_secret(&self.vault_url, &key.name, version)
@@ -64,7 +55,7 @@ impl Source for VaultSource {
                     kid: s.kid.clone(),
                 })
             }
-            ObjectType::Key => {
+            ObjectKind::Key => {
                 let k = self
                     .client
                     .get_key(&self.vault_url, &key.name, version)
@@ -75,7 +66,7 @@ impl Source for VaultSource {
                     jwk: k.jwk.clone(),
                 })
             }
-            ObjectType::Cert => {
+            ObjectKind::Certificate => {
                 let c = self
                     .client
                     .get_certificate(&self.vault_url, &key.name, version)
@@ -91,15 +82,15 @@ impl Source for VaultSource {
 
     async fn versions(
         &self,
-        object_type: ObjectType,
+        object_type: ObjectKind,
         name: &str,
     ) -> Result<Vec<VersionInfo>, MountError> {
         let list = self
             .client
-            .list_versions(&self.vault_url, kind_of(object_type), name)
+            .list_versions(&self.vault_url, object_type, name)
             .await
             .map_err(|source| MountError::Versions {
-                kind: object_type.as_str(),
+                kind: object_type.object_type(),
                 name: name.to_string(),
                 source,
             })?;

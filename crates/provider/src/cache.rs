@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use mount::{MountError, Source};
-use render::params::ObjectType;
+use render::params::ObjectKind;
 use render::render::{FetchKey, Fetched, RenderError, VersionInfo};
 
 use crate::config::CacheConfig;
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Op {
     Get(FetchKey),
-    List(ObjectType, String),
+    List(ObjectKind, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -51,7 +51,7 @@ enum CachedError {
     },
     Other {
         name: String,
-        object_type: ObjectType,
+        object_type: ObjectKind,
         reason: String,
     },
 }
@@ -285,11 +285,11 @@ fn wrong_value(op: &Op) -> CachedError {
     }
 }
 
-fn list_metric(t: ObjectType) -> &'static str {
+fn list_metric(t: ObjectKind) -> &'static str {
     match t {
-        ObjectType::Secret => "secret_versions",
-        ObjectType::Key => "key_versions",
-        ObjectType::Cert => "cert_versions",
+        ObjectKind::Secret => "secret_versions",
+        ObjectKind::Key => "key_versions",
+        ObjectKind::Certificate => "cert_versions",
     }
 }
 
@@ -320,7 +320,7 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
         };
         match self
             .cache
-            .run(cache_key, ttl, key.object_type.as_str(), make)
+            .run(cache_key, ttl, key.object_type.object_type(), make)
             .await
         {
             Ok(Value::Fetched(f)) => Ok(f),
@@ -331,7 +331,7 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
 
     async fn versions(
         &self,
-        object_type: ObjectType,
+        object_type: ObjectKind,
         name: &str,
     ) -> Result<Vec<VersionInfo>, MountError> {
         let op = Op::List(object_type, name.to_string());

@@ -426,7 +426,7 @@ mod tests {
         assert_eq!(p.objects[0].name, "testsecret");
         assert_eq!(p.objects[0].version.as_deref(), Some("testversion"));
         assert_eq!(p.objects[0].file_name(), "secret.json");
-        assert_eq!(p.objects[1].object_type, render::params::ObjectType::Key);
+        assert_eq!(p.objects[1].object_type, render::params::ObjectKind::Key);
         assert_eq!(p.objects[1].version, None);
         assert_eq!(p.objects[1].file_name(), "testkey");
         assert_eq!(secrets["clientid"], "client");

@@ -223,7 +223,7 @@ fn parse_manifest(doc: &Value) -> Result<ProviderClass, ManifestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{IdentityMode, ObjectEncoding, ObjectType};
+    use crate::params::{IdentityMode, ObjectEncoding, ObjectKind};
 
     // Shapes of the manifests in the Azure provider's documentation.
     const SERVICE_PRINCIPAL: &str = r#"
@@ -319,7 +319,7 @@ spec:
         assert_eq!(p.cloud_name, "");
         assert_eq!(p.identity(), IdentityMode::ServicePrincipal);
         assert_eq!(p.objects.len(), 2);
-        assert_eq!(p.objects[1].object_type, ObjectType::Key);
+        assert_eq!(p.objects[1].object_type, ObjectKind::Key);
         assert!(c.secret_objects.is_empty());
     }
 
@@ -369,7 +369,7 @@ spec:
         let c = parse_class(text).unwrap();
         assert_eq!(c.name, None);
         assert_eq!(c.raw_parameters["usePodIdentity"], "false");
-        assert_eq!(c.parameters.objects[0].object_type, ObjectType::Cert);
+        assert_eq!(c.parameters.objects[0].object_type, ObjectKind::Certificate);
     }
 
     #[test]

@@ -12,7 +12,6 @@
 //!   they also cannot clash with the writer's `..data` / `..<timestamp>` entries.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde_yaml_ng::Value;
 
@@ -82,29 +81,8 @@ pub enum IdentityMode {
     WorkloadIdentity { client_id: String },
 }
 
-/// Object type (`objectType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ObjectType {
-    Secret,
-    Key,
-    Cert,
-}
-
-impl ObjectType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ObjectType::Secret => "secret",
-            ObjectType::Key => "key",
-            ObjectType::Cert => "cert",
-        }
-    }
-}
-
-impl fmt::Display for ObjectType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Object type (`objectType`): `secret`, `key` or `cert` ([`ObjectKind::object_type`]).
+pub use model::ObjectKind;
 
 /// `objectFormat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +105,7 @@ pub struct ObjectSpec {
     /// Position in the `objects` array (for error messages).
     pub index: usize,
     pub name: String,
-    pub object_type: ObjectType,
+    pub object_type: ObjectKind,
     /// `None` = latest (`""` or `"latest"`).
     pub version: Option<String>,
     /// Number of versions to write; 1 means a single file without a `/<i>` suffix.
@@ -199,20 +177,13 @@ pub fn parse_go_bool(field: &'static str, value: &str) -> Result<bool, ParamErro
     }
 }
 
-/// Validate a Key Vault name: 3-24 chars of `[-A-Za-z0-9]`.
+/// Validate `keyvaultName` with Key Vault's own rules ([`model::check_vault_name`]).
 pub fn validate_vault_name(name: &str) -> Result<(), ParamError> {
-    let invalid = |reason: &str| ParamError::Invalid {
+    model::check_vault_name(name).map_err(|reason| ParamError::Invalid {
         field: "keyvaultName",
         value: name.to_string(),
         reason: reason.to_string(),
-    };
-    if name.len() < 3 || name.len() > 24 {
-        return Err(invalid("must be between 3 and 24 characters"));
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(invalid("must match [-a-zA-Z0-9]{3,24}"));
-    }
-    Ok(())
+    })
 }
 
 impl Parameters {
@@ -502,20 +473,18 @@ fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
     let err = |field: &'static str, reason: String| obj_err(&name_for_err, field, reason);
 
     let type_str = field("objectType", &name)?;
-    let object_type = match type_str.as_str() {
-        "secret" => ObjectType::Secret,
-        "key" => ObjectType::Key,
-        "cert" => ObjectType::Cert,
-        "" => {
+    let object_type = match ObjectKind::from_object_type(&type_str) {
+        Some(kind) => kind,
+        None if type_str.is_empty() => {
             return Err(err(
                 "objectType",
                 "is required (secret, key or cert)".into(),
             ))
         }
-        other => {
+        None => {
             return Err(err(
                 "objectType",
-                format!("invalid value {other:?}: should be secret, key or cert"),
+                format!("invalid value {type_str:?}: should be secret, key or cert"),
             ))
         }
     };
@@ -573,10 +542,13 @@ fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
             format!("invalid value {format_str:?}: should be pem or pfx"),
         ));
     };
-    if format == ObjectFormat::Pfx && object_type != ObjectType::Secret {
+    if format == ObjectFormat::Pfx && object_type != ObjectKind::Secret {
         return Err(err(
             "objectFormat",
-            format!("pfx is only supported for objectType secret, not {object_type}"),
+            format!(
+                "pfx is only supported for objectType secret, not {}",
+                object_type.object_type()
+            ),
         ));
     }
 
@@ -584,10 +556,13 @@ fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
     let encoding = if encoding_str.is_empty() {
         ObjectEncoding::Utf8
     } else {
-        if object_type != ObjectType::Secret {
+        if object_type != ObjectKind::Secret {
             return Err(err(
                 "objectEncoding",
-                format!("only supported for objectType secret, not {object_type}"),
+                format!(
+                    "only supported for objectType secret, not {}",
+                    object_type.object_type()
+                ),
             ));
         }
         if encoding_str.eq_ignore_ascii_case("utf-8") {
@@ -786,7 +761,7 @@ mod tests {
         assert_eq!(p.identity(), IdentityMode::ServicePrincipal);
         let o = &p.objects[0];
         assert_eq!(o.name, "s1");
-        assert_eq!(o.object_type, ObjectType::Secret);
+        assert_eq!(o.object_type, ObjectKind::Secret);
         assert_eq!(o.version, None);
         assert_eq!(o.version_history, 1);
         assert_eq!(o.format, ObjectFormat::Pem);
@@ -1095,7 +1070,7 @@ mod tests {
         assert_eq!(v[0].encoding, ObjectEncoding::Base64);
         assert_eq!(v[0].file_permission, Some(0o600));
         assert_eq!(v[1].version_history, 1);
-        assert_eq!(v[1].object_type, ObjectType::Key);
+        assert_eq!(v[1].object_type, ObjectKind::Key);
         assert_eq!(v[2].version_history, 2);
         assert_eq!(v[3].encoding, ObjectEncoding::Hex);
         assert_eq!(v[3].file_permission, Some(0o640));

@@ -26,7 +26,7 @@ use pki::PublicJwk;
 use zeroize::Zeroizing;
 
 pub use crate::output::OutFile;
-use crate::params::{first_path_clash, ObjectEncoding, ObjectFormat, ObjectSpec, ObjectType};
+use crate::params::{first_path_clash, ObjectEncoding, ObjectFormat, ObjectKind, ObjectSpec};
 
 pub const CONTENT_TYPE_PEM: &str = "application/x-pem-file";
 pub const CONTENT_TYPE_PFX: &str = "application/x-pkcs12";
@@ -91,11 +91,11 @@ impl Fetched {
         }
     }
 
-    fn object_type(&self) -> ObjectType {
+    fn object_type(&self) -> ObjectKind {
         match self {
-            Fetched::Secret(_) => ObjectType::Secret,
-            Fetched::Key(_) => ObjectType::Key,
-            Fetched::Cert(_) => ObjectType::Cert,
+            Fetched::Secret(_) => ObjectKind::Secret,
+            Fetched::Key(_) => ObjectKind::Key,
+            Fetched::Cert(_) => ObjectKind::Certificate,
         }
     }
 }
@@ -103,7 +103,7 @@ impl Fetched {
 /// One Key Vault GET: type, name and version (`None` = latest).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FetchKey {
-    pub object_type: ObjectType,
+    pub object_type: ObjectKind,
     pub name: String,
     pub version: Option<String>,
 }
@@ -123,7 +123,7 @@ pub enum ObjectPlan {
     /// List the versions (newest first) into [`VaultData::versions`], then
     /// [`history_fetches`] says what to fetch.
     ListVersions {
-        object_type: ObjectType,
+        object_type: ObjectKind,
         name: String,
     },
 }
@@ -132,7 +132,7 @@ pub enum ObjectPlan {
 #[derive(Debug, Clone, Default)]
 pub struct VaultData {
     /// Version listings, newest first (by creation time), keyed by (type, name).
-    pub versions: BTreeMap<(ObjectType, String), Vec<VersionInfo>>,
+    pub versions: BTreeMap<(ObjectKind, String), Vec<VersionInfo>>,
     pub objects: BTreeMap<FetchKey, Fetched>,
 }
 
@@ -174,19 +174,19 @@ pub struct Rendered {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
-    #[error("objects[{index}] ({object_type}/{name}): {field}: {reason}")]
+    #[error("objects[{index}] ({}/{name}): {field}: {reason}", object_type.object_type())]
     Object {
         index: usize,
         name: String,
-        object_type: ObjectType,
+        object_type: ObjectKind,
         field: &'static str,
         reason: String,
     },
-    #[error("objects[{index}] ({object_type}/{name}) and objects[{other_index}] ({other_name}) both write {path:?}")]
+    #[error("objects[{index}] ({}/{name}) and objects[{other_index}] ({other_name}) both write {path:?}", object_type.object_type())]
     DuplicatePath {
         index: usize,
         name: String,
-        object_type: ObjectType,
+        object_type: ObjectKind,
         other_index: usize,
         other_name: String,
         path: String,
@@ -313,7 +313,7 @@ pub fn render(
     let mut versions = Vec::new();
     for spec in objects {
         let base = spec.file_name();
-        let id_base = format!("{}/{}", spec.object_type, spec.name);
+        let id_base = format!("{}/{}", spec.object_type.object_type(), spec.name);
         let targets: Vec<(String, String, FetchKey)> = if spec.is_history() {
             let list = data
                 .versions
@@ -370,7 +370,7 @@ pub fn render(
         return Err(RenderError::DuplicatePath {
             index: *ia,
             name: spec.map(|s| s.name.clone()).unwrap_or_default(),
-            object_type: spec.map(|s| s.object_type).unwrap_or(ObjectType::Secret),
+            object_type: spec.map(|s| s.object_type).unwrap_or(ObjectKind::Secret),
             other_index: ib,
             other_name: other.map(|s| s.name.clone()).unwrap_or_default(),
             path: a.path.clone(),
@@ -717,27 +717,27 @@ mod tests {
         assert_eq!(
             p[1],
             ObjectPlan::Fetch(FetchKey {
-                object_type: ObjectType::Key,
+                object_type: ObjectKind::Key,
                 name: "k".into(),
                 version: Some("v1".into())
             })
         );
         assert!(
-            matches!(&p[2], ObjectPlan::ListVersions { object_type: ObjectType::Cert, name } if name == "h")
+            matches!(&p[2], ObjectPlan::ListVersions { object_type: ObjectKind::Certificate, name } if name == "h")
         );
         let mut data = VaultData::default();
         let (f, l) = needed_fetches(&objs, &data).unwrap();
         assert_eq!(f.len(), 2, "{f:?}"); // a (deduplicated) and k
         assert_eq!(l.len(), 1);
         data.versions.insert(
-            (ObjectType::Cert, "h".into()),
+            (ObjectKind::Certificate, "h".into()),
             versions(&[("c3", true), ("c2", true), ("c1", true)]),
         );
         let (f, l) = needed_fetches(&objs, &data).unwrap();
         assert_eq!(f.len(), 4);
         assert!(l.is_empty());
         assert!(f.contains(&FetchKey {
-            object_type: ObjectType::Cert,
+            object_type: ObjectKind::Certificate,
             name: "h".into(),
             version: Some("c2".into())
         }));

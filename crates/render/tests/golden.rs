@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use pki::{CertRequest, Curve, KeyKind, PrivateKey};
-use render::params::{parse_objects, ObjectSpec, ObjectType};
+use render::params::{parse_objects, ObjectKind, ObjectSpec};
 use render::render::{
     render, FetchKey, Fetched, FetchedCert, FetchedKey, FetchedSecret, RenderError, RenderOptions,
     Rendered, VaultData, VersionInfo,
@@ -101,7 +101,7 @@ fn secret(value: &str, content_type: Option<&str>, kid: bool, version: &str) -> 
     })
 }
 
-fn latest(t: ObjectType, name: &str) -> FetchKey {
+fn latest(t: ObjectKind, name: &str) -> FetchKey {
     FetchKey {
         object_type: t,
         name: name.into(),
@@ -635,11 +635,11 @@ fn separate_cert_and_key_files() {
     ]);
     let d = data(vec![
         (
-            latest(ObjectType::Secret, "s"),
+            latest(ObjectKind::Secret, "s"),
             pfx_secret(&c.keys[0], &c.certs),
         ),
         (
-            latest(ObjectType::Secret, "t"),
+            latest(ObjectKind::Secret, "t"),
             secret("x", None, false, "v"),
         ),
     ]);
@@ -853,7 +853,7 @@ fn version_history_files_and_ids() {
     let key = pki::generate_key(KeyKind::Ec(Curve::P256)).unwrap();
     let mut d = VaultData::default();
     d.versions.insert(
-        (ObjectType::Secret, "s".into()),
+        (ObjectKind::Secret, "s".into()),
         vi(&[
             ("s5", true),
             ("s4", false),
@@ -863,17 +863,17 @@ fn version_history_files_and_ids() {
         ]),
     );
     d.versions.insert(
-        (ObjectType::Cert, "c".into()),
+        (ObjectKind::Certificate, "c".into()),
         vi(&[("c3", true), ("c2", true), ("c1", true)]),
     );
     d.versions.insert(
-        (ObjectType::Key, "k".into()),
+        (ObjectKind::Key, "k".into()),
         vi(&[("k2", true), ("k1", false)]),
     );
     for v in ["s5", "s3", "s2"] {
         d.objects.insert(
             FetchKey {
-                object_type: ObjectType::Secret,
+                object_type: ObjectKind::Secret,
                 name: "s".into(),
                 version: Some(v.into()),
             },
@@ -883,7 +883,7 @@ fn version_history_files_and_ids() {
     for (v, i) in [("c2", 0), ("c1", 1)] {
         d.objects.insert(
             FetchKey {
-                object_type: ObjectType::Cert,
+                object_type: ObjectKind::Certificate,
                 name: "c".into(),
                 version: Some(v.into()),
             },
@@ -895,7 +895,7 @@ fn version_history_files_and_ids() {
     }
     d.objects.insert(
         FetchKey {
-            object_type: ObjectType::Key,
+            object_type: ObjectKind::Key,
             name: "k".into(),
             version: Some("k2".into()),
         },
@@ -905,7 +905,7 @@ fn version_history_files_and_ids() {
         }),
     );
     d.objects.insert(
-        latest(ObjectType::Secret, "one"),
+        latest(ObjectKind::Secret, "one"),
         secret("single", None, false, "o1"),
     );
 
@@ -952,7 +952,7 @@ fn version_history_files_and_ids() {
     );
 
     // a listing that was not fetched is an error naming the object
-    d.versions.remove(&(ObjectType::Key, "k".into()));
+    d.versions.remove(&(ObjectKind::Key, "k".into()));
     let e = render(&objs, &d, &RenderOptions::default()).unwrap_err();
     assert!(
         e.to_string()
@@ -967,13 +967,13 @@ fn history_with_pfx_and_separate_files() {
     let objs = objects(&["objectName: tls\nobjectType: secret\nobjectVersionHistory: 2"]);
     let mut d = VaultData::default();
     d.versions.insert(
-        (ObjectType::Secret, "tls".into()),
+        (ObjectKind::Secret, "tls".into()),
         vi(&[("b", true), ("a", true)]),
     );
     for v in ["a", "b"] {
         d.objects.insert(
             FetchKey {
-                object_type: ObjectType::Secret,
+                object_type: ObjectKind::Secret,
                 name: "tls".into(),
                 version: Some(v.into()),
             },

@@ -224,16 +224,7 @@ pub fn api_version_ok(v: &str) -> bool {
     date_ok && matches!(preview, None | Some(""))
 }
 
-/// Key Vault's vault name rules: 3-24 characters of letters, digits and hyphens, starting with
-/// a letter, ending with a letter or digit, no consecutive hyphens.
-pub fn valid_vault_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    (3..=24).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-        && b[0].is_ascii_alphabetic()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && !name.contains("--")
-}
+pub use model::valid_vault_name;
 
 /// A syntactically valid `Host` header: a DNS name (letters, digits, hyphens, dots; at most 253
 /// characters), an IPv4 literal or a bracketed IPv6 literal, with an optional port. Ids,
@@ -625,7 +616,7 @@ pub(crate) fn ok_json(value: serde_json::Value) -> Result<Response, KvError> {
 }
 
 pub(crate) fn check_name(kind: ObjectKind, name: &str) -> Result<(), KvError> {
-    if crate::ids::valid_object_name(name) {
+    if model::valid_object_name(name) {
         Ok(())
     } else {
         Err(KvError::bad_parameter(format!(
