@@ -2,4 +2,10 @@
 //! controller that syncs Key Vault objects into Kubernetes Secrets and ConfigMaps.
 
 pub mod crd;
+pub mod identity;
 pub mod mapping;
+pub mod metrics;
+pub mod objects;
+pub mod reconcile;
+pub mod run;
+pub mod write;

@@ -1,0 +1,690 @@
+//! One reconcile of one `AzureKeyVaultSecret`: identity -> shared vault object -> pure mapping
+//! -> Secret/ConfigMap writes (only when the content changed, only into objects it owns) ->
+//! status (only when it changed) and events. A vault error never touches the outputs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use mount::clients::ClientPool;
+use mount::identity::Identity;
+use mount::target::CloudConfig;
+use mount::{Source as _, VaultSource};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::crd::{AzureKeyVaultSecret, AzureKeyVaultSecretStatus, Condition};
+use crate::mapping::{self, MapOptions};
+use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::objects::{FetchFailure, ObjectCache, SlotKey};
+use crate::write::{self, Calls, Outcome, Written};
+
+/// The condition type.
+pub const READY: &str = "Ready";
+
+/// Controller-wide settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Field manager of every write.
+    pub field_manager: String,
+    /// Refresh interval of resources without `spec.refreshInterval`.
+    pub default_refresh: Duration,
+    /// Shortest `spec.refreshInterval` honoured.
+    pub min_refresh: Duration,
+    pub map: MapOptions,
+    /// The identity of resources without `spec.vault.identity`: the process's own credential
+    /// chain, with managed identity (IMDS) last when true.
+    pub ambient_managed_identity: bool,
+    /// Tenant of per-object identities that name none (`--tenant-id`, `AZURE_TENANT_ID`).
+    pub tenant_id: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            field_manager: "kvbridge-controller".into(),
+            default_refresh: Duration::from_secs(600),
+            min_refresh: Duration::from_secs(10),
+            map: MapOptions::default(),
+            ambient_managed_identity: true,
+            tenant_id: None,
+        }
+    }
+}
+
+/// API calls made by reconciles (the "API calls per reconcile" figure).
+#[derive(Debug, Default)]
+pub struct ApiCalls {
+    pub reads: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+}
+
+/// What reconciles share.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub settings: Settings,
+    pub objects: ObjectCache,
+    pub clients: Arc<ClientPool>,
+    pub cloud: CloudConfig,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Reconcile requests for other resources (a shared object changed).
+    pub trigger: mpsc::UnboundedSender<ObjectRef<AzureKeyVaultSecret>>,
+    pub written: Written,
+    pub api_calls: ApiCalls,
+    pub identities: crate::identity::Cache,
+    failures: Mutex<HashMap<ObjectRef<AzureKeyVaultSecret>, u32>>,
+}
+
+impl Ctx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        settings: Settings,
+        clients: Arc<ClientPool>,
+        cloud: CloudConfig,
+        secrets: Store<PartialObjectMeta<Secret>>,
+        config_maps: Store<PartialObjectMeta<ConfigMap>>,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        trigger: mpsc::UnboundedSender<ObjectRef<AzureKeyVaultSecret>>,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            objects: ObjectCache::new(),
+            clients,
+            cloud,
+            secrets,
+            config_maps,
+            recorder,
+            metrics,
+            trigger,
+            written: Written::default(),
+            api_calls: ApiCalls::default(),
+            identities: crate::identity::Cache::default(),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn count(&self, calls: Calls) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.api_calls.reads.fetch_add(calls.reads as u64, Relaxed);
+        self.api_calls
+            .writes
+            .fetch_add(calls.writes as u64, Relaxed);
+    }
+
+    /// Back-off after consecutive failures: 5 s doubling, at most the refresh interval.
+    fn failure_backoff(
+        &self,
+        oref: &ObjectRef<AzureKeyVaultSecret>,
+        refresh: Duration,
+    ) -> Duration {
+        let mut m = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(oref.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let secs = 5u64.saturating_mul(1u64 << (*n - 1).min(10));
+        Duration::from_secs(secs).min(refresh)
+    }
+
+    fn succeeded(&self, oref: &ObjectRef<AzureKeyVaultSecret>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(oref);
+    }
+
+    /// Forgets a deleted resource.
+    pub fn forget(&self, oref: &ObjectRef<AzureKeyVaultSecret>) {
+        self.objects.unregister(oref);
+        self.succeeded(oref);
+    }
+}
+
+/// A reconcile that could not finish (the API server refused a write). Vault and mapping
+/// failures are not errors: they end in a `Ready=False` status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing {kind} {name}: {source}")]
+    Write {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("updating the status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+impl Error {
+    /// Metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Write { .. } => "KubernetesWriteFailed",
+            Error::Status(_) => "StatusWriteFailed",
+        }
+    }
+}
+
+/// Refresh interval of `akvs` (`spec.refreshInterval`, else the default; at least the minimum).
+pub fn refresh_of(akvs: &AzureKeyVaultSecret, settings: &Settings) -> Duration {
+    akvs.spec
+        .refresh_interval
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(settings.default_refresh)
+        .max(settings.min_refresh)
+}
+
+/// Oldest cached vault object a reconcile accepts: below the shortest jittered requeue delay
+/// (90% of the interval), so a resource requeued for its refresh really fetches, while the other
+/// users of the same object requeued a little later find that fetch fresh (one GET per object
+/// per refresh, however many resources use it).
+fn max_age(refresh: Duration) -> Duration {
+    refresh.mul_f64(0.85)
+}
+
+/// `d` less a per-object jitter of up to 10% (spreads refreshes that would otherwise all fall
+/// due together after a cold start).
+fn jitter(akvs: &AzureKeyVaultSecret, d: Duration) -> Duration {
+    let uid = akvs.metadata.uid.as_deref().unwrap_or_default();
+    let h = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
+    let frac = f64::from(h.as_ref()[0]) / 255.0 * 0.1;
+    d.mul_f64(1.0 - frac)
+}
+
+fn now_rfc3339() -> String {
+    let ts = k8s_openapi::jiff::Timestamp::now();
+    ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The `Ready` condition, keeping the transition time when the status did not flip.
+fn ready(
+    prev: Option<&AzureKeyVaultSecretStatus>,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let before = prev
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == READY));
+    let last_transition_time = match before {
+        Some(b) if b.status == status => b.last_transition_time.clone(),
+        _ => now_rfc3339(),
+    };
+    // Condition messages are bounded (Kubernetes allows 32 KiB); keep them short.
+    let message: String = message.chars().take(1024).collect();
+    Condition {
+        type_: READY.into(),
+        status: status.into(),
+        observed_generation: generation,
+        last_transition_time,
+        reason: reason.into(),
+        message,
+    }
+}
+
+fn failure_of(e: &mount::MountError) -> FetchFailure {
+    let (reason, transient) = match e.vault_error() {
+        Some(v) => match v.status() {
+            Some(401) | Some(403) => ("VaultAccessDenied", false),
+            Some(404) => ("VaultObjectNotFound", false),
+            Some(400) => ("VaultBadRequest", false),
+            _ => ("VaultUnavailable", v.is_transient() || v.status().is_none()),
+        },
+        None => ("VaultUnavailable", true),
+    };
+    FetchFailure {
+        reason,
+        message: e.to_string(),
+        transient,
+    }
+}
+
+/// Reconciles one resource.
+pub async fn reconcile(akvs: Arc<AzureKeyVaultSecret>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let t0 = Instant::now();
+    let _inflight = crate::metrics::InQueue::new(&ctx.metrics);
+    let result = reconcile_inner(&akvs, &ctx).await;
+    ctx.metrics.observe_reconcile(t0.elapsed());
+    if let Err(e) = &result {
+        ctx.metrics
+            .reconciles
+            .get_or_create(&ResultLabel { result: "failed" })
+            .inc();
+        ctx.metrics
+            .failures
+            .get_or_create(&ReasonLabel {
+                reason: e.metric_label(),
+            })
+            .inc();
+    }
+    result
+}
+
+async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action, Error> {
+    let oref = ObjectRef::from_obj(akvs);
+    let refresh = refresh_of(akvs, &ctx.settings);
+    let generation = akvs.metadata.generation;
+    let spec = &akvs.spec;
+    let mut calls = Calls::default();
+
+    // Spec checks the schema cannot express.
+    let invalid = match model::check_vault_name(&spec.vault.name) {
+        Err(e) => Some(format!("spec.vault.name: {e}")),
+        Ok(()) if !model::valid_object_name(&spec.vault.object.name) => {
+            Some("spec.vault.object.name: must be 1-127 letters, digits and hyphens".to_string())
+        }
+        Ok(()) => None,
+    };
+    if let Some(message) = invalid {
+        return finish_failed(akvs, ctx, "InvalidSpec", message, refresh, calls, false).await;
+    }
+    let new_generation = akvs.status.as_ref().and_then(|s| s.observed_generation) != generation;
+    if new_generation && spec.vault.azure_identity.is_some() && spec.vault.identity.is_none() {
+        publish(
+            ctx,
+            akvs,
+            EventType::Warning,
+            "AzureIdentityIgnored",
+            "spec.vault.azureIdentity (AAD Pod Identity) is not used by kvbridge; set spec.vault.identity or rely on the controller's identity".into(),
+        )
+        .await;
+    }
+
+    let identity = match crate::identity::for_resource(akvs, ctx).await {
+        Ok(i) => i,
+        Err(f) => {
+            return finish_failed(akvs, ctx, f.reason, f.message, refresh, calls, f.transient).await
+        }
+    };
+    let target = ctx.cloud.resolve_name(&spec.vault.name);
+    let (client, identity_key) = match ctx.clients.client(&identity, &target.cloud) {
+        Ok(c) => c,
+        Err(e) => {
+            return finish_failed(
+                akvs,
+                ctx,
+                "IdentityUnavailable",
+                e.to_string(),
+                refresh,
+                calls,
+                false,
+            )
+            .await
+        }
+    };
+    let fetch_key = mapping::fetch_key(spec);
+    let slot = SlotKey {
+        identity: identity_key,
+        vault_url: target.vault_url.clone(),
+        fetch: fetch_key.clone(),
+    };
+    ctx.objects.register(&oref, &slot);
+    ctx.metrics.vault_objects.set(ctx.objects.len() as i64);
+    let source = VaultSource::new(client, target.vault_url.clone());
+    let got = ctx
+        .objects
+        .get(&slot, &oref, max_age(refresh), || async {
+            source.get(&fetch_key).await.map_err(|e| failure_of(&e))
+        })
+        .await;
+    if got.fetched {
+        let result = if got.result.is_ok() { "ok" } else { "error" };
+        ctx.metrics
+            .vault_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    } else {
+        ctx.metrics.vault_cache_hits.inc();
+    }
+    for other in got.notify {
+        let _ = ctx.trigger.send(other);
+    }
+    let value = match got.result {
+        Ok(v) => v,
+        Err(f) => {
+            return finish_failed(akvs, ctx, f.reason, f.message, refresh, calls, f.transient).await
+        }
+    };
+
+    let desired = match mapping::desired(spec, &value.fetched, &ctx.settings.map) {
+        Ok(d) => d,
+        Err(e) => {
+            return finish_failed(akvs, ctx, e.reason(), e.to_string(), refresh, calls, false).await
+        }
+    };
+    if new_generation {
+        for w in &desired.warnings {
+            publish(ctx, akvs, EventType::Warning, "Ignored", w.clone()).await;
+        }
+    }
+
+    let prev = akvs.status.clone().unwrap_or_default();
+    let mut status = prev.clone();
+    let mut changed_outputs: Vec<String> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+
+    if let Some(ds) = &desired.secret {
+        let hash = ds.content_hash();
+        let obj = write::secret_object(akvs, ds, &hash);
+        let writer = write::Writer::<Secret> {
+            client: &ctx.client,
+            store: &ctx.secrets,
+            written: &ctx.written,
+            field_manager: &ctx.settings.field_manager,
+        };
+        let outcome = writer
+            .write(akvs, obj, &hash, &mut calls)
+            .await
+            .map_err(|source| Error::Write {
+                kind: "Secret",
+                name: ds.name.clone(),
+                source,
+            });
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                ctx.count(calls);
+                return Err(e);
+            }
+        };
+        match outcome {
+            Outcome::NotOwned { owner } => {
+                ctx.metrics.write("Secret", "not_owned");
+                refused.push(format!(
+                    "Secret {} exists and is not owned by this resource ({owner})",
+                    ds.name
+                ));
+            }
+            o => {
+                if o != Outcome::Unchanged {
+                    ctx.metrics.write(
+                        "Secret",
+                        if o == Outcome::Created {
+                            "created"
+                        } else {
+                            "updated"
+                        },
+                    );
+                    if prev.secret_hash.as_deref() != Some(hash.as_str()) {
+                        changed_outputs.push(format!("Secret {}", ds.name));
+                    }
+                }
+                status.secret_hash = Some(hash);
+                status.secret_name = Some(ds.name.clone());
+            }
+        }
+    } else {
+        status.secret_hash = None;
+        status.secret_name = None;
+    }
+    if let Some(dc) = &desired.config_map {
+        let hash = dc.content_hash();
+        let obj = write::config_map_object(akvs, dc, &hash);
+        let writer = write::Writer::<ConfigMap> {
+            client: &ctx.client,
+            store: &ctx.config_maps,
+            written: &ctx.written,
+            field_manager: &ctx.settings.field_manager,
+        };
+        let outcome = match writer.write(akvs, obj, &hash, &mut calls).await {
+            Ok(o) => o,
+            Err(source) => {
+                ctx.count(calls);
+                return Err(Error::Write {
+                    kind: "ConfigMap",
+                    name: dc.name.clone(),
+                    source,
+                });
+            }
+        };
+        match outcome {
+            Outcome::NotOwned { owner } => {
+                ctx.metrics.write("ConfigMap", "not_owned");
+                refused.push(format!(
+                    "ConfigMap {} exists and is not owned by this resource ({owner})",
+                    dc.name
+                ));
+            }
+            o => {
+                if o != Outcome::Unchanged {
+                    ctx.metrics.write(
+                        "ConfigMap",
+                        if o == Outcome::Created {
+                            "created"
+                        } else {
+                            "updated"
+                        },
+                    );
+                    if prev.config_map_hash.as_deref() != Some(hash.as_str()) {
+                        changed_outputs.push(format!("ConfigMap {}", dc.name));
+                    }
+                }
+                status.config_map_hash = Some(hash);
+                status.config_map_name = Some(dc.name.clone());
+            }
+        }
+    } else {
+        status.config_map_hash = None;
+        status.config_map_name = None;
+    }
+
+    // Outputs renamed or dropped from the spec: the old objects go (only ours, uid precondition).
+    let gone_secret = prev
+        .secret_name
+        .as_ref()
+        .filter(|old| status.secret_name.as_ref() != Some(*old));
+    if let Some(old) = gone_secret {
+        write::delete_previous::<Secret>(akvs, &ctx.client, &ctx.secrets, old, &mut calls)
+            .await
+            .map_err(|source| Error::Write {
+                kind: "Secret",
+                name: old.clone(),
+                source,
+            })?;
+    }
+    let gone_cm = prev
+        .config_map_name
+        .as_ref()
+        .filter(|old| status.config_map_name.as_ref() != Some(*old));
+    if let Some(old) = gone_cm {
+        write::delete_previous::<ConfigMap>(akvs, &ctx.client, &ctx.config_maps, old, &mut calls)
+            .await
+            .map_err(|source| Error::Write {
+                kind: "ConfigMap",
+                name: old.clone(),
+                source,
+            })?;
+    }
+
+    if !refused.is_empty() {
+        let msg = refused.join("; ");
+        if transition(&prev, "False", "NotOwned") {
+            publish(ctx, akvs, EventType::Warning, "NotOwned", msg.clone()).await;
+        }
+        status.conditions = Some(vec![ready(Some(&prev), false, "NotOwned", msg, generation)]);
+    } else {
+        status.conditions = Some(vec![ready(
+            Some(&prev),
+            true,
+            "Synced",
+            format!(
+                "{} version {} synced",
+                spec.vault.object.object_type.as_str(),
+                desired.object_version
+            ),
+            generation,
+        )]);
+    }
+    status.object_version = Some(desired.object_version.clone());
+    status.observed_generation = generation;
+    if !changed_outputs.is_empty() {
+        status.last_azure_update = Some(now_rfc3339());
+        publish(
+            ctx,
+            akvs,
+            EventType::Normal,
+            "Synced",
+            format!(
+                "{} updated from {} {} version {}",
+                changed_outputs.join(", "),
+                spec.vault.object.object_type.as_str(),
+                spec.vault.object.name,
+                desired.object_version
+            ),
+        )
+        .await;
+    }
+    let result = write_status(akvs, ctx, &prev, status, &mut calls).await;
+    ctx.count(calls);
+    result?;
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabel {
+            result: if changed_outputs.is_empty() {
+                "unchanged"
+            } else {
+                "synced"
+            },
+        })
+        .inc();
+    if refused.is_empty() {
+        ctx.succeeded(&oref);
+        Ok(Action::requeue(jitter(akvs, refresh)))
+    } else {
+        Ok(Action::requeue(ctx.failure_backoff(&oref, refresh)))
+    }
+}
+
+/// A failure that leaves the outputs alone: `Ready=False` with `reason`, a warning event,
+/// a retry after a back-off (transient) or the refresh interval.
+#[allow(clippy::too_many_arguments)]
+async fn finish_failed(
+    akvs: &AzureKeyVaultSecret,
+    ctx: &Ctx,
+    reason: &'static str,
+    message: String,
+    refresh: Duration,
+    mut calls: Calls,
+    transient: bool,
+) -> Result<Action, Error> {
+    let oref = ObjectRef::from_obj(akvs);
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabel { result: "failed" })
+        .inc();
+    ctx.metrics
+        .failures
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    let prev = akvs.status.clone().unwrap_or_default();
+    // One event per change of condition (not one per retry).
+    if transition(&prev, "False", reason) {
+        publish(ctx, akvs, EventType::Warning, reason, message.clone()).await;
+    }
+    let mut status = prev.clone();
+    status.conditions = Some(vec![ready(
+        Some(&prev),
+        false,
+        reason,
+        message,
+        akvs.metadata.generation,
+    )]);
+    status.observed_generation = akvs.metadata.generation;
+    let r = write_status(akvs, ctx, &prev, status, &mut calls).await;
+    ctx.count(calls);
+    r?;
+    let backoff = ctx.failure_backoff(&oref, refresh);
+    Ok(Action::requeue(if transient {
+        backoff
+    } else {
+        refresh.min(backoff.max(Duration::from_secs(60)))
+    }))
+}
+
+/// Whether `Ready` is not already `status` with `reason`.
+fn transition(prev: &AzureKeyVaultSecretStatus, status: &str, reason: &str) -> bool {
+    !prev
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == READY && c.status == status && c.reason == reason)
+}
+
+async fn write_status(
+    akvs: &AzureKeyVaultSecret,
+    ctx: &Ctx,
+    prev: &AzureKeyVaultSecretStatus,
+    status: AzureKeyVaultSecretStatus,
+    calls: &mut Calls,
+) -> Result<(), Error> {
+    if akvs.status.is_some() && *prev == status {
+        return Ok(());
+    }
+    let api: Api<AzureKeyVaultSecret> =
+        Api::namespaced(ctx.client.clone(), &akvs.namespace().unwrap_or_default());
+    let patch = serde_json::json!({ "status": status });
+    calls.writes += 1;
+    match api
+        .patch_status(
+            &akvs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Deleted meanwhile: nothing to report to.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Status(e)),
+    }
+}
+
+async fn publish(
+    ctx: &Ctx,
+    akvs: &AzureKeyVaultSecret,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &akvs.object_ref(&())).await {
+        tracing::debug!(error = %e, "cannot publish an event");
+    }
+}
+
+/// What kube-runtime does with an [`Error`]: retry after a short delay.
+pub fn error_policy(akvs: Arc<AzureKeyVaultSecret>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    tracing::warn!(
+        resource = %format!("{}/{}", akvs.namespace().unwrap_or_default(), akvs.name_any()),
+        error = %err,
+        "reconcile failed"
+    );
+    let oref = ObjectRef::from_obj(akvs.as_ref());
+    Action::requeue(ctx.failure_backoff(&oref, refresh_of(&akvs, &ctx.settings)))
+}
+
+/// Re-exported for the identity module.
+pub(crate) fn default_identity(ctx: &Ctx) -> Identity {
+    Identity::Ambient {
+        managed_identity: ctx.settings.ambient_managed_identity,
+    }
+}
