@@ -180,7 +180,7 @@ impl Error {
 pub fn refresh_of(akvs: &AzureKeyVaultSecret, settings: &Settings) -> Duration {
     akvs.spec
         .refresh_interval
-        .and_then(|d| Duration::try_from(d).ok())
+        .map(Duration::from)
         .unwrap_or(settings.default_refresh)
         .max(settings.min_refresh)
 }
