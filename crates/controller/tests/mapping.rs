@@ -4,60 +4,18 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use controller::crd::AzureKeyVaultSecretSpec;
 use controller::mapping::{desired, fetch_key, Desired, KeyFormat, MapError, MapOptions};
-use pki::{CertRequest, Curve, KeyKind, PrivateKey};
+use pki::{Curve, KeyKind};
 use render::params::ObjectKind as RenderType;
 use render::render::{Fetched, FetchedCert, FetchedKey, FetchedSecret};
+use testenv::chain::{ec_chain3 as ec_chain, request as req, rsa_chain3 as rsa_chain, Chain};
 use zeroize::Zeroizing;
 
 // ---------- fixtures ----------
-
-struct Chain {
-    keys: Vec<PrivateKey>, // leaf, intermediate, root
-    certs: Vec<Vec<u8>>,   // leaf, intermediate, root
-}
-
-fn req(cn: &str, ca: bool) -> CertRequest {
-    CertRequest {
-        subject: format!("CN={cn}"),
-        dns_names: if ca {
-            vec![]
-        } else {
-            vec![format!("{cn}.test")]
-        },
-        ip_addresses: vec![],
-        is_ca: ca,
-        validity_days: 30,
-    }
-}
-
-fn chain3(kind: KeyKind, tag: &str) -> Chain {
-    let rk = pki::generate_key(kind).unwrap();
-    let root = pki::self_signed(&req(&format!("{tag}-root"), true), &rk).unwrap();
-    let ik = pki::generate_key(kind).unwrap();
-    let inter = pki::issue(&req(&format!("{tag}-inter"), true), &ik, &root, &rk).unwrap();
-    let lk = pki::generate_key(kind).unwrap();
-    let leaf = pki::issue(&req(&format!("{tag}-leaf"), false), &lk, &inter, &ik).unwrap();
-    Chain {
-        keys: vec![lk, ik, rk],
-        certs: vec![leaf, inter, root],
-    }
-}
-
-fn rsa_chain() -> &'static Chain {
-    static C: OnceLock<Chain> = OnceLock::new();
-    C.get_or_init(|| chain3(KeyKind::Rsa { bits: 2048 }, "rsa"))
-}
-
-fn ec_chain() -> &'static Chain {
-    static C: OnceLock<Chain> = OnceLock::new();
-    C.get_or_init(|| chain3(KeyKind::Ec(Curve::P256), "ec"))
-}
 
 fn spec(yaml: &str) -> AzureKeyVaultSecretSpec {
     serde_yaml_ng::from_str(yaml).unwrap()

@@ -10,25 +10,10 @@ use serde_json::{json, Value};
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 fn jwt(alg: &str, header_extra: Value, claims: Value, key: &pki::PrivateKey) -> String {
-    let mut header = json!({"alg": alg, "typ": "JWT"});
-    for (k, v) in header_extra.as_object().unwrap() {
-        header[k] = v.clone();
-    }
-    let input = format!(
-        "{}.{}",
-        B64URL.encode(header.to_string()),
-        B64URL.encode(claims.to_string())
-    );
-    let sig = pki::jws_sign(alg, key, input.as_bytes()).unwrap();
-    format!("{input}.{}", B64URL.encode(sig))
+    testenv::jwt::sign(alg, header_extra, &claims, key)
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use testenv::jwt::now;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -39,26 +24,9 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let sp_key = pki::generate_key(pki::KeyKind::Rsa { bits: 2048 }).unwrap();
-    let req = pki::CertRequest {
-        subject: "CN=sp-cert".into(),
-        dns_names: vec![],
-        ip_addresses: vec![],
-        is_ca: false,
-        validity_days: 30,
-    };
-    let sp_cert = pki::self_signed(&req, &sp_key).unwrap();
-    std::fs::write(
-        dir.path().join("sp.pem"),
-        pki::pem_encode("CERTIFICATE", &sp_cert),
-    )
-    .unwrap();
-    let issuer_key = pki::generate_key(pki::KeyKind::Ec(pki::Curve::P256)).unwrap();
-    std::fs::write(
-        dir.path().join("issuer.pem"),
-        pki::pem_encode("PUBLIC KEY", &pki::spki_der(&issuer_key).unwrap()),
-    )
-    .unwrap();
+    let (sp_key, sp_cert) = testenv::chain::service_principal_certificate(dir.path());
+    let (issuer_key, issuer_pem) = testenv::jwt::issuer_key();
+    std::fs::write(dir.path().join("issuer.pem"), issuer_pem).unwrap();
     std::fs::write(
         dir.path().join("seed.yaml"),
         r#"
@@ -262,7 +230,7 @@ async fn managed_identity_endpoint() {
         "{}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net",
         dv.origin
     );
-    let resp = dv.client.get(&url).send().await.unwrap();
+    let resp = dv.http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 400);
     let e: Value = resp.json().await.unwrap();
     assert!(e["error_description"]
@@ -271,7 +239,7 @@ async fn managed_identity_endpoint() {
         .contains("metadata header"));
 
     let body: Value = dv
-        .client
+        .http
         .get(&url)
         .header("Metadata", "true")
         .send()
@@ -300,11 +268,11 @@ async fn managed_identity_endpoint() {
     assert_eq!(claims["appid"], "node-msi");
 
     for sel in ["client_id=user-msi", "object_id=00000000-0000-0000-0000-0000000000aa", "msi_res_id=/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/u"] {
-        let body: Value = dv.client.get(format!("{url}&{sel}")).header("Metadata", "true").send().await.unwrap().json().await.unwrap();
+        let body: Value = dv.http.get(format!("{url}&{sel}")).header("Metadata", "true").send().await.unwrap().json().await.unwrap();
         assert_eq!(body["client_id"], "user-msi", "{sel}");
     }
     let resp = dv
-        .client
+        .http
         .get(format!("{url}&client_id=missing"))
         .header("Metadata", "true")
         .send()

@@ -50,7 +50,7 @@ async fn injected_faults_and_counters() {
     dv.admin("PUT", "/admin/faults", Some(json!({"drop_rate": 1.0})))
         .await;
     let err = dv
-        .client
+        .http
         .get(format!("{}/secrets/a/?api-version=7.4", dv.origin))
         .bearer_auth(&t)
         .send()
@@ -94,7 +94,7 @@ async fn injected_faults_and_counters() {
 
     // Invalid configurations are refused and leave the current one in place.
     let resp = dv
-        .client
+        .http
         .put(format!("{}/admin/faults", dv.origin))
         .json(&json!({"rate_429": 2}))
         .send()
@@ -109,7 +109,7 @@ async fn injected_faults_and_counters() {
 
     // Counters: every call that reached the vault counts, throttled and failed ones too
     // (429, 503, latency, 2 within budget, 1 over budget); the dropped one never arrived.
-    assert_eq!(dv.count("GetSecret", "a").await, 6);
+    assert_eq!(dv.count("GetSecret", Some("a")).await, 6);
     let c = dv.admin("GET", "/admin/counters", None).await;
     assert!(c["total"].as_u64().unwrap() >= 3);
 }

@@ -120,7 +120,7 @@ async fn the_host_header_does_not_choose_token_audiences() {
     let evil = body["access_token"].as_str().unwrap().to_string();
     for host in ["dev.evil.example", "dev.evil.example:443"] {
         let resp = dv
-            .client
+            .http
             .get(format!("{}/secrets?api-version=7.4", dv.origin))
             .header("host", host)
             .bearer_auth(&evil)
@@ -161,7 +161,7 @@ async fn vault_names_from_the_host_header_follow_key_vault_rules() {
     ];
     for host in &bad_hosts {
         let resp = dv
-            .client
+            .http
             .put(format!("{}/secrets/s?api-version=7.4", dv.origin))
             .header("host", host.as_str())
             .bearer_auth(&t)
@@ -180,7 +180,7 @@ async fn vault_names_from_the_host_header_follow_key_vault_rules() {
     );
     // A valid name is still created on first use.
     let resp = dv
-        .client
+        .http
         .put(format!("{}/secrets/s?api-version=7.4", dv.origin))
         .header("host", "good-vault-1.localhost")
         .bearer_auth(&t)
@@ -198,7 +198,7 @@ async fn oversized_bodies_and_unknown_previews_get_key_vault_errors() {
     let t = dv.token("kvbridge-dev", "kvbridge-dev-secret").await;
     let huge = "x".repeat(3 << 20);
     let resp = dv
-        .client
+        .http
         .put(format!("{}/secrets/big?api-version=7.4", dv.origin))
         .bearer_auth(&t)
         .header("content-type", "application/json")
@@ -215,7 +215,7 @@ async fn oversized_bodies_and_unknown_previews_get_key_vault_errors() {
         .contains("larger"));
     // The token endpoint answers in Entra's shape.
     let resp = dv
-        .client
+        .http
         .post(format!("{}/{}/oauth2/v2.0/token", dv.origin, dv.tenant))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("client_id={huge}"))
@@ -232,7 +232,7 @@ async fn oversized_bodies_and_unknown_previews_get_key_vault_errors() {
         "2026-04-01-preview.9",
     ] {
         let resp = dv
-            .client
+            .http
             .get(format!("{}/secrets?api-version={v}", dv.origin))
             .bearer_auth(&t)
             .send()
@@ -244,7 +244,7 @@ async fn oversized_bodies_and_unknown_previews_get_key_vault_errors() {
     }
     for v in ["7.6-preview.2", "7.5-preview.1", "2026-04-01", "2025-07-01"] {
         let resp = dv
-            .client
+            .http
             .get(format!("{}/secrets?api-version={v}", dv.origin))
             .bearer_auth(&t)
             .send()

@@ -10,7 +10,7 @@ async fn challenge_names_authority_tenant_and_resource() {
     let dir = tempfile::tempdir().unwrap();
     let dv = common::start(dir.path(), None).await;
     let resp = dv
-        .client
+        .http
         .get(format!("{}/secrets/x/?api-version=2026-04-01", dv.origin))
         .send()
         .await
@@ -225,7 +225,7 @@ async fn bad_requests_are_named() {
         .await;
     assert_eq!(s, 400, "{e}");
     let resp = dv
-        .client
+        .http
         .get(format!("{}/secrets/ok/?api-version=9.9", dv.origin))
         .bearer_auth(&t)
         .send()
@@ -257,7 +257,7 @@ async fn list_pages_with_next_link() {
     let mut pages = 0;
     loop {
         let page: serde_json::Value = dv
-            .client
+            .http
             .get(&url)
             .bearer_auth(&t)
             .send()

@@ -16,9 +16,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::{json, Value};
 use testenv::csi::v1 as csi;
+use testenv::vault::DevVaultProcess;
 use testenv::{ChildGuard, CsiDriverOptions, PodRef};
 
-const TENANT: &str = "6d2b6f1e-0e4c-4a8e-9a57-6b7662726467";
 const CLASS: &str = "kvbridge-demo";
 const VOLUME: &str = "secrets-store";
 const POD: &str = "app";
@@ -34,49 +34,20 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-struct DevVault {
-    _child: ChildGuard,
-    port: u16,
-    ca: PathBuf,
-    cloud_env_file: PathBuf,
-}
-
 /// `kvbridge dev-vault` with the examples' seed (db-password, app-config, app-tls, ...).
-fn dev_vault(dir: &Path) -> DevVault {
-    let state = dir.join("vault");
-    let mut cmd = Command::new(kvbridge());
-    cmd.args(["dev-vault", "--listen", "127.0.0.1:0", "--state"])
-        .arg(&state)
-        .arg("--seed")
-        .arg(repo().join("examples/dev-vault.yaml"));
-    let child = testenv::process::spawn("kvbridge dev-vault", cmd, &dir.join("vault.log")).unwrap();
-    let ready = state.join("ready.json");
-    let t0 = Instant::now();
-    let info: Value = loop {
-        if let Some(v) = std::fs::read_to_string(&ready)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-        {
-            break v;
-        }
-        assert!(
-            child.exited().is_none() && t0.elapsed() < WAIT,
-            "dev vault did not start: {}",
-            child.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    DevVault {
-        port: u16::try_from(info["port"].as_u64().unwrap()).unwrap(),
-        ca: PathBuf::from(info["ca"].as_str().unwrap()),
-        cloud_env_file: PathBuf::from(info["cloud_env_file"].as_str().unwrap()),
-        _child: child,
-    }
+fn dev_vault(dir: &Path) -> DevVaultProcess {
+    DevVaultProcess::start(
+        Path::new(kvbridge()),
+        &dir.join("vault"),
+        &repo().join("examples/dev-vault.yaml"),
+        &dir.join("vault.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// `kvbridge provider` serving `<providers>/azure.sock`, pointed at the dev vault by its default
 /// cloud environment file (the class names no cloud), with no cache for `latest`.
-fn provider(dir: &Path, providers: &Path, vault: &DevVault) -> ChildGuard {
+fn provider(dir: &Path, providers: &Path, vault: &DevVaultProcess) -> ChildGuard {
     let socket = providers.join("azure.sock");
     let mut cmd = Command::new(kvbridge());
     cmd.arg("provider")
@@ -108,55 +79,6 @@ fn provider(dir: &Path, providers: &Path, vault: &DevVault) -> ChildGuard {
         std::thread::sleep(Duration::from_millis(20));
     }
     child
-}
-
-/// A new version of a vault secret, through the Key Vault REST API (curl as an independent
-/// client). Returns the new version id.
-fn set_secret(v: &DevVault, name: &str, value: &str) -> String {
-    let curl = |args: &[&str]| -> Value {
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "--cacert"])
-            .arg(&v.ca)
-            .args(args)
-            .output()
-            .expect("curl");
-        assert!(
-            out.status.success(),
-            "curl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
-    let token = curl(&[
-        "-d",
-        "grant_type=client_credentials",
-        "-d",
-        "client_id=kvbridge-dev",
-        "-d",
-        "client_secret=kvbridge-dev-secret",
-        "-d",
-        "scope=https://vault.azure.net/.default",
-        &format!("https://localhost:{}/{TENANT}/oauth2/v2.0/token", v.port),
-    ]);
-    let bundle = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        &format!(
-            "Authorization: Bearer {}",
-            token["access_token"].as_str().unwrap()
-        ),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &json!({ "value": value }).to_string(),
-        &format!(
-            "https://kvbridge-demo.localhost:{}/secrets/{name}?api-version=7.4",
-            v.port
-        ),
-    ]);
-    let id = bundle["id"].as_str().unwrap();
-    id.rsplit('/').next().unwrap().to_string()
 }
 
 fn read(p: &Path) -> Vec<u8> {
@@ -477,7 +399,7 @@ async fn real_csi_driver_mounts_syncs_and_rotates_through_kvbridge_provider() {
     // Rotation: a new version in the vault; kubelet republishes periodically (requiresRepublish)
     // and the driver re-mounts once the rotation interval has passed.
     let t_rotate = Instant::now();
-    let new_version = set_secret(&vault, "db-password", "rotated-value-2");
+    let new_version = vault.set_secret("kvbridge-demo", "db-password", "rotated-value-2");
     assert_ne!(new_version, db_version);
     eventually("the rotated file", || {
         let mut node = node.clone();

@@ -1,10 +1,11 @@
 //! `kvbridge dev-vault` as a separate process, used the way its banner tells users to
 //! (issue 12.6), and how `kvbridge mount` reports Key Vault errors (issue 13.9).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testenv::vault::{DevVaultProcess, EXAMPLE_CLIENT};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_kvbridge")
@@ -14,66 +15,29 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-struct Vault {
-    child: Child,
-    banner: Vec<String>,
-}
-
-impl Drop for Vault {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `kvbridge dev-vault` and reads its banner up to `ready`.
-fn dev_vault(state: &Path) -> Vault {
-    let mut child = Command::new(bin())
-        .args(["dev-vault", "--listen", "127.0.0.1:0", "--state"])
-        .arg(state)
-        .arg("--seed")
-        .arg(repo().join("examples/dev-vault.yaml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let done = line == "ready";
-            let _ = tx.send(line);
-            if done {
-                break;
-            }
-        }
-    });
-    let mut banner = Vec::new();
-    let t0 = Instant::now();
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60).saturating_sub(t0.elapsed()))
-            .expect("dev vault prints its banner");
-        if line == "ready" {
-            break;
-        }
-        banner.push(line);
-    }
-    Vault { child, banner }
+/// `kvbridge dev-vault` with the examples' seed, its output in `STATE.log`.
+fn dev_vault(state: &Path) -> DevVaultProcess {
+    let log = state.with_extension("log");
+    DevVaultProcess::start(
+        Path::new(bin()),
+        state,
+        &repo().join("examples/dev-vault.yaml"),
+        &log,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The banner's "mount from it" line, with the placeholders filled in: (env, args).
 fn printed_mount_command(
-    v: &Vault,
+    v: &DevVaultProcess,
     class: &Path,
     target: &Path,
 ) -> (Vec<(String, String)>, Vec<String>) {
-    let line = v
-        .banner
+    let banner = v.banner();
+    let line = banner
         .iter()
         .find_map(|l| l.trim_start().strip_prefix("mount from it:"))
-        .unwrap_or_else(|| panic!("no mount instructions in {:#?}", v.banner));
+        .unwrap_or_else(|| panic!("no mount instructions in {banner:#?}"));
     let mut env = Vec::new();
     let mut args = Vec::new();
     let mut words = line.split_whitespace();
@@ -165,35 +129,11 @@ fn key_vault_errors_read_once() {
 fn kill_9_during_saves_leaves_no_temp_copies() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut vault = dev_vault(&state);
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("ready.json")).unwrap()).unwrap();
-    let port = info["port"].as_u64().unwrap();
-    let ca = state.join("ca.pem");
-    let token_out = Command::new("curl")
-        .args(["-sS", "--fail", "--cacert"])
-        .arg(&ca)
-        .args([
-            "-d",
-            "grant_type=client_credentials",
-            "-d",
-            "client_id=kvbridge-dev",
-            "-d",
-            "client_secret=kvbridge-dev-secret",
-            "-d",
-            "scope=https://vault.azure.net/.default",
-        ])
-        .arg(format!(
-            "https://localhost:{port}/6d2b6f1e-0e4c-4a8e-9a57-6b7662726467/oauth2/v2.0/token"
-        ))
-        .output()
-        .unwrap();
-    assert!(token_out.status.success());
-    let token: serde_json::Value = serde_json::from_slice(&token_out.stdout).unwrap();
-    let auth = format!(
-        "Authorization: Bearer {}",
-        token["access_token"].as_str().unwrap()
-    );
+    let vault = dev_vault(&state);
+    let port = vault.port;
+    let ca = vault.ca.clone();
+    let token = vault.token(EXAMPLE_CLIENT.0, EXAMPLE_CLIENT.1);
+    let auth = format!("Authorization: Bearer {token}");
     // Concurrent writers: one curl process issuing many PUTs over one connection each.
     let mut writers = Vec::new();
     for w in 0..3 {
@@ -226,8 +166,7 @@ fn kill_9_during_saves_leaves_no_temp_copies() {
         );
     }
     std::thread::sleep(Duration::from_millis(700));
-    let _ = vault.child.kill(); // SIGKILL
-    let _ = vault.child.wait();
+    vault.child.kill(); // SIGKILL to the process group, then reaped
     for mut w in writers {
         let _ = w.kill();
         let _ = w.wait();
@@ -239,7 +178,14 @@ fn kill_9_during_saves_leaves_no_temp_copies() {
         .filter(|n| n.contains(".tmp-"))
         .collect();
     eprintln!("temporary files after kill -9: {before:?}");
-    let restarted = dev_vault(&state);
+    drop(vault);
+    let restarted = DevVaultProcess::start(
+        Path::new(bin()),
+        &state,
+        &repo().join("examples/dev-vault.yaml"),
+        &dir.path().join("restarted.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let leftovers: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(|e| e.ok())

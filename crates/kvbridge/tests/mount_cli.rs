@@ -3,8 +3,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use testenv::vault::DevVaultProcess;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_kvbridge")
@@ -198,95 +200,15 @@ fn bad_class_and_missing_object_write_nothing() {
     assert!(!target.join("db-password").exists(), "no partial mount");
 }
 
-struct Vault {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-}
-
-impl Drop for Vault {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn dev_vault(state: &Path) -> Vault {
-    let seed = repo().join("examples/dev-vault.yaml");
-    let child = Command::new(bin())
-        .args(["dev-vault", "--listen", "127.0.0.1:0", "--state"])
-        .arg(state)
-        .arg("--seed")
-        .arg(&seed)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ready = state.join("ready.json");
-    let t0 = Instant::now();
-    while !ready.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let info: serde_json::Value = serde_json::from_str(&read(&ready)).unwrap();
-    Vault {
-        child,
-        port: info["port"].as_u64().unwrap() as u16,
-        ca: state.join("ca.pem"),
-    }
-}
-
-fn set_secret(v: &Vault, name: &str, value: &str) {
-    // Through the real HTTP API, with curl as an independent client.
-    let token_out = Command::new("curl")
-        .args(["-sS", "--fail", "--cacert"])
-        .arg(&v.ca)
-        .args([
-            "-d",
-            "grant_type=client_credentials",
-            "-d",
-            "client_id=kvbridge-dev",
-            "-d",
-            "client_secret=kvbridge-dev-secret",
-            "-d",
-            "scope=https://vault.azure.net/.default",
-        ])
-        .arg(format!(
-            "https://localhost:{}/6d2b6f1e-0e4c-4a8e-9a57-6b7662726467/oauth2/v2.0/token",
-            v.port
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        token_out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&token_out.stderr)
-    );
-    let token: serde_json::Value = serde_json::from_slice(&token_out.stdout).unwrap();
-    let put = Command::new("curl")
-        .args(["-sS", "--fail", "-X", "PUT", "--cacert"])
-        .arg(&v.ca)
-        .args([
-            "-H",
-            &format!(
-                "Authorization: Bearer {}",
-                token["access_token"].as_str().unwrap()
-            ),
-            "-H",
-            "Content-Type: application/json",
-        ])
-        .args(["-d", &serde_json::json!({"value": value}).to_string()])
-        .arg(format!(
-            "https://localhost:{}/secrets/{name}?api-version=7.4",
-            v.port
-        ))
-        .output()
-        .unwrap();
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
+/// `kvbridge dev-vault` with the examples' seed, its output in `STATE.log`.
+fn dev_vault(state: &Path) -> DevVaultProcess {
+    DevVaultProcess::start(
+        Path::new(bin()),
+        state,
+        &repo().join("examples/dev-vault.yaml"),
+        &state.with_extension("log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -353,7 +275,7 @@ fn watch_follows_rotation_and_keeps_files_when_the_vault_is_down() {
         })
     };
     wait_for("correct-horse-battery-staple");
-    set_secret(&vault, "db-password", "rotated-value-2");
+    vault.set_secret("kvbridge-demo", "db-password", "rotated-value-2");
     wait_for("rotated-value-2");
     drop(vault);
     // Issue 13.9: the first failed refresh is reported (it took ~100 s of client retries with a

@@ -4,80 +4,19 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use pki::{CertRequest, Curve, KeyKind, PrivateKey};
+use pki::{Curve, KeyKind, PrivateKey};
 use render::params::{parse_objects, ObjectKind, ObjectSpec};
 use render::render::{
     render, FetchKey, Fetched, FetchedCert, FetchedKey, FetchedSecret, RenderError, RenderOptions,
     Rendered, VaultData, VersionInfo,
 };
+use testenv::chain::{chain, ec_chain3, rsa_chain3};
 use zeroize::Zeroizing;
 
 // ---------- fixtures ----------
-
-struct Chain {
-    keys: Vec<PrivateKey>, // [leaf, intermediate, root] (as many as certs)
-    certs: Vec<Vec<u8>>,   // leaf first
-}
-
-fn req(cn: &str, ca: bool) -> CertRequest {
-    CertRequest {
-        subject: format!("CN={cn}"),
-        dns_names: if ca {
-            vec![]
-        } else {
-            vec![format!("{cn}.example")]
-        },
-        ip_addresses: vec![],
-        is_ca: ca,
-        validity_days: 30,
-    }
-}
-
-/// A chain of `len` (1..=3) certificates, leaf first.
-fn chain(kind: KeyKind, len: usize, tag: &str) -> Chain {
-    let root_key = pki::generate_key(kind).unwrap();
-    if len == 1 {
-        let leaf = pki::self_signed(&req(&format!("{tag}-leaf"), false), &root_key).unwrap();
-        return Chain {
-            keys: vec![root_key],
-            certs: vec![leaf],
-        };
-    }
-    let root = pki::self_signed(&req(&format!("{tag}-root"), true), &root_key).unwrap();
-    let mut keys = vec![root_key];
-    let mut certs = vec![root];
-    if len == 3 {
-        let k = pki::generate_key(kind).unwrap();
-        let c = pki::issue(&req(&format!("{tag}-inter"), true), &k, &certs[0], &keys[0]).unwrap();
-        keys.insert(0, k);
-        certs.insert(0, c);
-    }
-    let lk = pki::generate_key(kind).unwrap();
-    let leaf = pki::issue(
-        &req(&format!("{tag}-leaf"), false),
-        &lk,
-        &certs[0],
-        &keys[0],
-    )
-    .unwrap();
-    keys.insert(0, lk);
-    certs.insert(0, leaf);
-    Chain { keys, certs }
-}
-
-fn rsa_chain3() -> &'static Chain {
-    static C: OnceLock<Chain> = OnceLock::new();
-    C.get_or_init(|| chain(KeyKind::Rsa { bits: 2048 }, 3, "rsa"))
-}
-
-fn ec_chain3() -> &'static Chain {
-    static C: OnceLock<Chain> = OnceLock::new();
-    C.get_or_init(|| chain(KeyKind::Ec(Curve::P256), 3, "ec"))
-}
 
 fn objects(items: &[&str]) -> Vec<ObjectSpec> {
     let mut s = String::from("array:\n");

@@ -13,15 +13,22 @@
 //! test binary exits, and scratch directories of test binaries that died are removed on the next
 //! start.
 //!
+//! It also starts the dev vault for tests ([`vault::DevVault`] in-process,
+//! [`vault::DevVaultProcess`] as `kvbridge dev-vault`) and signs the JWTs tests need ([`jwt`]) and makes certificate chains ([`chain`]):
+//! the one test-support crate of the workspace.
+//!
 //! Tests are skipped (with a message on the terminal) only when the binaries are absent **and**
 //! `KVBRIDGE_TESTENV=off`; otherwise a missing binary fails the test with the command to run.
 
 mod certs;
+pub mod chain;
 mod controlplane;
 pub mod csi;
 mod error;
+pub mod jwt;
 mod layout;
 pub mod process;
+pub mod vault;
 
 pub use controlplane::{control_plane, shared, ControlPlane};
 pub use csi::{CsiDriver, CsiDriverOptions, PodRef};

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
 use keyvault::{ClientOptions, KeyVaultClient, TokenCredential, Transport};
 use serde_json::{json, Value};
+use testenv::vault::DevVault;
 
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 pub const CANARY_SECRET_VALUE: &str = "CANARY-SECRET-VALUE-7f3a9c";
@@ -20,33 +19,17 @@ pub const LOAD_OBJECTS: usize = 50;
 
 pub struct Env {
     pub dir: tempfile::TempDir,
-    pub dv: Option<devvault::Running>,
+    pub dv: Option<DevVault>,
     pub port: u16,
     pub ca: PathBuf,
     pub tenant: String,
     pub issuer_key: pki::PrivateKey,
-    admin: reqwest::Client,
 }
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+pub use testenv::jwt::now;
 
 pub fn jwt(alg: &str, header_extra: Value, claims: Value, key: &pki::PrivateKey) -> String {
-    let mut header = json!({"alg": alg, "typ": "JWT"});
-    for (k, v) in header_extra.as_object().unwrap() {
-        header[k] = v.clone();
-    }
-    let input = format!(
-        "{}.{}",
-        B64URL.encode(header.to_string()),
-        B64URL.encode(claims.to_string())
-    );
-    let sig = pki::jws_sign(alg, key, input.as_bytes()).unwrap();
-    format!("{input}.{}", B64URL.encode(sig))
+    testenv::jwt::sign(alg, header_extra, &claims, key)
 }
 
 fn seed(load: bool) -> String {
@@ -123,65 +106,23 @@ impl Env {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().unwrap();
-        // A service principal certificate (RSA, for RS256/PS256 assertions): public part in the
-        // seed, key + cert as PEM and as PFX (empty password) for the credential.
-        let sp_key = pki::generate_key(pki::KeyKind::Rsa { bits: 2048 }).unwrap();
-        let req = pki::CertRequest {
-            subject: "CN=sp-cert".into(),
-            dns_names: vec![],
-            ip_addresses: vec![],
-            is_ca: false,
-            validity_days: 30,
-        };
-        let sp_cert = pki::self_signed(&req, &sp_key).unwrap();
-        std::fs::write(
-            dir.path().join("sp.pem"),
-            pki::pem_encode("CERTIFICATE", &sp_cert),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("sp-key-and-cert.pem"),
-            pki::bundle_to_pem(Some(&sp_key), std::slice::from_ref(&sp_cert)),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("sp.pfx"),
-            pki::build_pfx(&sp_key, std::slice::from_ref(&sp_cert)).unwrap(),
-        )
-        .unwrap();
-        let issuer_key = pki::generate_key(pki::KeyKind::Ec(pki::Curve::P256)).unwrap();
-        std::fs::write(
-            dir.path().join("issuer.pem"),
-            pki::pem_encode("PUBLIC KEY", &pki::spki_der(&issuer_key).unwrap()),
-        )
-        .unwrap();
+        // A service principal certificate: public part in the seed, key + cert as PEM and as
+        // PFX (empty password) for the credential.
+        testenv::chain::service_principal_certificate(dir.path());
+        let (issuer_key, issuer_pem) = testenv::jwt::issuer_key();
+        std::fs::write(dir.path().join("issuer.pem"), issuer_pem).unwrap();
         std::fs::write(dir.path().join("seed.yaml"), seed(load)).unwrap();
 
-        let mut opts =
-            devvault::Options::new("127.0.0.1:0".parse().unwrap(), dir.path().join("state"));
-        opts.seed = Some(dir.path().join("seed.yaml"));
-        let running = devvault::start(opts).await.expect("dev vault starts");
-        let port = running.addr.port();
-        let ca = running.info.ca.clone();
-        let tenant = running.info.tenant.clone();
-        assert_eq!(tenant, TENANT);
-        let admin = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap(),
-            )
-            .resolve("localhost", running.addr)
-            .build()
-            .unwrap();
+        let seed = dir.path().join("seed.yaml");
+        let dv = DevVault::start(&dir.path().join("state"), Some(&seed)).await;
+        assert_eq!(dv.tenant, TENANT);
         Env {
+            port: dv.port(),
+            ca: dv.ca.clone(),
+            tenant: dv.tenant.clone(),
             dir,
-            dv: Some(running),
-            port,
-            ca,
-            tenant,
+            dv: Some(dv),
             issuer_key,
-            admin,
         }
     }
 
@@ -232,40 +173,25 @@ impl Env {
         )
     }
 
+    fn dev_vault(&self) -> &DevVault {
+        self.dv.as_ref().expect("the dev vault was stopped")
+    }
+
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let mut req = self
-            .admin
-            .request(method.parse().unwrap(), format!("{}{path}", self.origin()));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        assert!(
-            resp.status().is_success(),
-            "admin {path}: {}",
-            resp.status()
-        );
-        resp.json().await.unwrap_or(Value::Null)
+        self.dev_vault().admin(method, path, body).await
     }
 
     pub async fn set_faults(&self, faults: Value) {
-        self.admin("PUT", "/admin/faults", Some(faults)).await;
+        self.dev_vault().set_faults(faults).await;
     }
 
     pub async fn reset_counters(&self) {
-        self.admin("POST", "/admin/counters/reset", None).await;
+        self.dev_vault().reset_counters().await;
     }
 
     /// Sum of an operation's counters (all vaults and objects).
     pub async fn count(&self, operation: &str) -> u64 {
-        let c = self.admin("GET", "/admin/counters", None).await;
-        c["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["operation"] == operation)
-            .map(|e| e["count"].as_u64().unwrap())
-            .sum()
+        self.dev_vault().count(operation, None).await
     }
 
     pub async fn stop(&mut self) {

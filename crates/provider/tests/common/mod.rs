@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use provider::proto::csi_driver_provider_client::CsiDriverProviderClient;
 use provider::proto::{MountRequest, MountResponse};
 use provider::server::Running;
 use provider::{ProviderConfig, ProviderService};
 use serde_json::{json, Value};
+use testenv::vault::{sum_counters, DevVault};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
@@ -24,10 +24,12 @@ pub const ISSUER: &str = "https://oidc.test/cluster";
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub dv: devvault::Running,
+    /// Trusts only the dev vault's CA.
+    pub http: reqwest::Client,
+    /// `https://localhost:PORT`.
+    pub origin: String,
     pub provider: Option<Running>,
     pub socket: PathBuf,
-    pub http: reqwest::Client,
-    pub origin: String,
     pub issuer_key: pki::PrivateKey,
 }
 
@@ -97,17 +99,12 @@ pub async fn start() -> Env {
 pub async fn start_with(extra_secrets: &str, tweak: impl FnOnce(&mut ProviderConfig)) -> Env {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let issuer_key = pki::generate_key(pki::KeyKind::Ec(pki::Curve::P256)).unwrap();
-    std::fs::write(
-        dir.path().join("issuer.pem"),
-        pki::pem_encode("PUBLIC KEY", &pki::spki_der(&issuer_key).unwrap()),
-    )
-    .unwrap();
+    let (issuer_key, issuer_pem) = testenv::jwt::issuer_key();
+    std::fs::write(dir.path().join("issuer.pem"), issuer_pem).unwrap();
     let seed_path = dir.path().join("seed.yaml");
     std::fs::write(&seed_path, seed(extra_secrets)).unwrap();
-    let mut opts = devvault::Options::new("127.0.0.1:0".parse().unwrap(), dir.path().join("dv"));
-    opts.seed = Some(seed_path);
-    let dv = devvault::start(opts).await.expect("dev vault starts");
+    let dv = DevVault::start(&dir.path().join("dv"), Some(&seed_path)).await;
+    let (http, origin, dv) = (dv.http, dv.origin, dv.running);
 
     let mut cfg = test_config();
     cfg.default_cloud_env_file = Some(dv.info.cloud_env_file.clone());
@@ -122,19 +119,12 @@ pub async fn start_with(extra_secrets: &str, tweak: impl FnOnce(&mut ProviderCon
     let running = Running::start(service, &socket, Some(local), Some(local))
         .await
         .unwrap();
-    let ca = std::fs::read(&dv.info.ca).unwrap();
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .use_rustls_tls()
-        .build()
-        .unwrap();
     Env {
-        origin: dv.info.url.clone(),
         dv,
+        http,
+        origin,
         provider: Some(running),
         socket,
-        http,
         dir,
         issuer_key,
     }
@@ -236,24 +226,9 @@ pub fn version_of<'a>(resp: &'a MountResponse, id: &str) -> &'a str {
         .version
 }
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// A projected service-account token as kubelet issues it for `aud`.
 pub fn sa_token(key: &pki::PrivateKey, sub: &str, aud: &str) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(json!({"alg": "ES256", "kid": "k", "typ": "JWT"}).to_string());
-    let claims = b64.encode(
-        json!({"iss": ISSUER, "sub": sub, "aud": [aud], "iat": now(), "nbf": now() - 5, "exp": now() + 3600})
-            .to_string(),
-    );
-    let input = format!("{header}.{claims}");
-    let sig = pki::jws_sign("ES256", key, input.as_bytes()).unwrap();
-    format!("{input}.{}", b64.encode(sig))
+    testenv::jwt::service_account_token(key, ISSUER, sub, aud, testenv::jwt::now() + 3600)
 }
 
 pub fn tokens_attr(token: &str) -> String {
@@ -263,42 +238,18 @@ pub fn tokens_attr(token: &str) -> String {
 
 impl Env {
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let mut req = self
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", self.origin));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        assert!(
-            resp.status().is_success(),
-            "admin {path}: {}",
-            resp.status()
-        );
-        resp.json().await.unwrap_or(Value::Null)
+        testenv::vault::admin(&self.http, &self.origin, method, path, body).await
     }
 
     /// Vault requests for `operation` on `object` (authenticated ones; challenges excluded).
     pub async fn count(&self, operation: &str, object: &str) -> u64 {
         let c = self.admin("GET", "/admin/counters", None).await;
-        c["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["operation"] == operation && e["object"] == object)
-            .map(|e| e["count"].as_u64().unwrap())
-            .sum()
+        sum_counters(&c, |e| e["operation"] == operation && e["object"] == object)
     }
 
     pub async fn total(&self, operation: &str) -> u64 {
         let c = self.admin("GET", "/admin/counters", None).await;
-        c["counters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["operation"] == operation)
-            .map(|e| e["count"].as_u64().unwrap())
-            .sum()
+        sum_counters(&c, |e| e["operation"] == operation)
     }
 
     pub async fn client(&self) -> CsiDriverProviderClient<Channel> {
