@@ -1,6 +1,7 @@
 //! The generated CRD against the real kube-apiserver: it installs and becomes Established,
 //! akv2k8s's manifests of every version apply with `kubectl` unchanged, and each object reads
 //! back through every served version with no field lost (conversion: None over one schema).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,5 +1,6 @@
 //! The pure mapping, AzureKeyVaultSecret + vault object -> desired Secret/ConfigMap, with real
 //! keys, certificates and PFX files made here and checked with the `openssl` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,6 +3,7 @@
 //! fetched once, new vault versions reach the Secrets, a foreign Secret is refused, a vault
 //! outage leaves the Secrets alone and says so, deleted resources lose their outputs, and a
 //! steady state writes nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! Entra stand-in and IMDS over real HTTPS: client secret, certificate assertions (RS256/x5t and
 //! PS256/x5t#S256), federated tokens, managed identity, expiry, access policies.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

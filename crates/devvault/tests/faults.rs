@@ -1,5 +1,6 @@
 //! Fault injection and counters over real HTTPS: 429 with Retry-After, 503, latency, dropped
 //! connections, per-identity budgets, scope, runtime switching, start-time configuration.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

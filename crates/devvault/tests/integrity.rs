@@ -2,6 +2,7 @@
 //! secret copies behind, the Host header decides neither token audiences nor arbitrary vault
 //! names, oversized bodies and unknown preview api-versions get Key Vault-shaped errors, and
 //! absurd certificate validities are refused instead of panicking (13.6).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

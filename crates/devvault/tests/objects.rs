@@ -1,5 +1,6 @@
 //! Certificates and keys over real HTTPS: PFX and PEM import with backing secret and key,
 //! self-signed creation, key creation and JWK import, and the shipped example seed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

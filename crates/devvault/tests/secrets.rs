@@ -1,5 +1,6 @@
 //! Secrets over real HTTPS: challenge, set/get/list/versions/update/delete/recover/purge,
 //! disabled versions, paging, persistence across restarts, corrupt state.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -397,6 +397,10 @@ impl Transport {
 
     /// A process-wide transport with default options (system roots), for credentials built
     /// without an explicit transport.
+    // The one deliberate expect outside tests: default options name no CA file or proxy, so
+    // building can fail only if the compiled-in TLS backend cannot initialise (a broken build,
+    // found at first use), and the infallible credential constructors depend on this.
+    #[allow(clippy::expect_used)]
     pub fn shared_default() -> Transport {
         static DEFAULT: OnceLock<Transport> = OnceLock::new();
         DEFAULT

@@ -1,6 +1,7 @@
 //! Canary: a secret value, a client secret and access tokens go through every error path
 //! (404, 403, 401, 429 exhaustion, 503 exhaustion, bad responses, refused token requests);
 //! none of them may appear in captured logs (TRACE, all targets) or in error strings / Debug.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

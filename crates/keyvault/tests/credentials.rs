@@ -1,5 +1,6 @@
 //! Every credential mode gets a token from the dev vault's Entra stand-in (or IMDS) over real
 //! HTTPS and reads a secret; the failure modes give clear errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! bodies that never end, from a scripted HTTPS "vault" and plain-HTTP token endpoints, and
 //! from the dev vault's own fault injection. Nothing may panic, sleep past the deadline or
 //! buffer more than the caps.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

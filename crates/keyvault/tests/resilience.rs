@@ -1,4 +1,5 @@
 //! Throttling, faults, deadlines, rate limit and single-flight, measured against the dev vault.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

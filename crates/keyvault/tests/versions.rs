@@ -1,6 +1,7 @@
 //! Version listings (issue 12.4): the current version (what a plain GET returns) comes first,
 //! even when several versions were created in the same second; older ties are ordered by
 //! version id, descending, whatever order the vault lists them in.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

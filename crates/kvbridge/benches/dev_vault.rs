@@ -1,5 +1,6 @@
 //! `cargo bench -p kvbridge --bench dev_vault`: start-up time and idle memory of
 //! `kvbridge dev-vault` as a real process. Prints figures; asserts nothing about speed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

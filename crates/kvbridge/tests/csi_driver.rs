@@ -5,6 +5,7 @@
 //! (reads the SecretProviderClass, calls the provider, mounts a tmpfs, writes the files, records a
 //! SecretProviderClassPodStatus, syncs `secretObjects` into Kubernetes Secrets, re-mounts on
 //! rotation).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt as _;

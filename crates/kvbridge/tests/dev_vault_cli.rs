@@ -1,5 +1,6 @@
 //! `kvbridge dev-vault` as a separate process, used the way its banner tells users to
 //! (issue 12.6), and how `kvbridge mount` reports Key Vault errors (issue 13.9).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,5 +1,6 @@
 //! `kvbridge mount` as users run it: a real process, real files, against the dev vault
 //! (embedded with --dev-vault, or a separate `kvbridge dev-vault` process).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! The provider as a real process under resource pressure (issue 13.7): out of file
 //! descriptors it must neither spin on `accept` nor stop serving once descriptors free up.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +27,7 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+#[allow(unsafe_code)]
 fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no memory effects.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -239,6 +239,7 @@ mod tests {
 
     const ENV: &str = r#"{"name":"AzureStackCloud","activeDirectoryEndpoint":"https://login.example/","keyVaultDNSSuffix":"vault.example","resourceIdentifiers":{"keyVault":"https://vault.example"}}"#;
 
+    #[allow(unsafe_code)]
     fn mkfifo(path: &Path) {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.

@@ -1,5 +1,6 @@
 //! Atomicity tests of the directory writer: a reader hammering the directory during 1,000
 //! rewrites, and a writer process killed with SIGKILL at random moments 50 times.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -1,6 +1,7 @@
 //! The writer against a target directory that someone else also writes (an emptyDir shared with
 //! an application): planted links and directories never make it read, write or remove anything
 //! outside the target; failures say what state the target is in and leave no secret copies.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};

@@ -1,4 +1,5 @@
 //! API behaviour that needs no external tool.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use pki::*;
 

@@ -1,6 +1,7 @@
 //! Property tests of the parsers that see untrusted input (vault values, seeds, uploads): PEM
 //! bundles, PKCS#8 / SPKI / X.509 DER, PKCS#12 and JWK, on random and mutated inputs. They must
 //! return an error or a value, never panic. Case counts keep the whole file at a few seconds.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::OnceLock;
 

@@ -1,4 +1,5 @@
 //! Cross-checks against the `openssl` command-line tool as an independent implementation.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,6 +5,7 @@
 //! - provider peak RSS (VmHWM) after 100 concurrent mounts of 100 objects
 //!
 //! `cargo bench -p kvbridge-provider` (builds `kvbridge` in release first).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -5,6 +5,7 @@
 //! and how long the class parser takes on the largest inputs the limits admit.
 //!
 //! `cargo bench -p kvbridge-provider --bench soak` (builds `kvbridge` in release first).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "../tests/common/mod.rs"]
 mod common;

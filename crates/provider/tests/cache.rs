@@ -1,4 +1,5 @@
 //! The per-node cache, proven with the dev vault's request counters.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

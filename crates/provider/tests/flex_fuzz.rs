@@ -1,6 +1,7 @@
 //! Property tests of the FlexVolume options parser (kubelet passes JSON written by whoever wrote
 //! the pod spec): any JSON object, any values, never a panic; what it accepts is then parsed
 //! with the same bounded class parser as the CSI provider.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,7 @@
 //! The FlexVolume driver as kubelet runs it: a real process, real JSON arguments (the options of
 //! the old driver's documented nginx example, pointed at the dev vault through the node
 //! environment), against the dev vault.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

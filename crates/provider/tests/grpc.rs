@@ -1,6 +1,7 @@
 //! The provider as the Secrets Store CSI Driver sees it: a gRPC client (generated from the same
 //! proto) over the provider's unix socket, against the dev vault over HTTPS. The provider is
 //! pointed at the dev vault only by its default cloud environment file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

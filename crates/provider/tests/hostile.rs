@@ -1,6 +1,7 @@
 //! Hostile classes and clients against a real provider on a unix socket (issue 13): none may
 //! stall the node's provider, read node files outside the allowed directory, or take the
 //! socket down.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
@@ -14,6 +15,7 @@ use tokio::time::timeout;
 /// Far longer than any of these calls takes when nothing blocks; only reached on a regression.
 const BOUND: Duration = Duration::from_secs(20);
 
+#[allow(unsafe_code)]
 fn mkfifo(path: &std::path::Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.

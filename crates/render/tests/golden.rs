@@ -1,5 +1,6 @@
 //! Golden tests: bytes for every type/format/encoding/alias/history case, with keys,
 //! certificates and PFX files generated here, cross-checked with the `openssl` CLI.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,6 +2,7 @@
 //! parameters map and whole class files. Whatever the input, they return a value or an error
 //! naming the field: never a panic, never unbounded work (inputs up to the size limits finish;
 //! the worst shapes are timed in `cargo bench -p kvbridge-provider --bench soak`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 

@@ -9,6 +9,10 @@
 //! - Scratch directories of test binaries that died without running it are removed (after
 //!   detaching any mount left inside) the next time a scratch directory is made.
 
+// This module is the workspace's one user of raw system calls (process groups, PDEATHSIG,
+// kill, umount) for the processes tests start; each call site states why it is sound.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom};
 use std::os::unix::process::CommandExt as _;

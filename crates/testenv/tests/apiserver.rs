@@ -1,5 +1,6 @@
 //! Smoke test of the real control plane through kube-rs: if this fails, every test that needs
 //! Kubernetes would fail for the same reason, so .ci/run runs it first.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

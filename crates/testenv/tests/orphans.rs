@@ -1,5 +1,6 @@
 //! Children started through testenv die with the test binary, even when it is killed outright
 //! (no unwinding, no atexit): PR_SET_PDEATHSIG from the long-lived spawner thread.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
