@@ -348,3 +348,45 @@ pub async fn sweep_once(
     }
     Ok(deleted)
 }
+
+/// Why the controller could not reach Kubernetes.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading the kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "finding the Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster): {0}"
+    )]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// A Kubernetes client from `kubeconfig`, else the usual places (`KUBECONFIG`,
+/// `~/.kube/config`, the in-cluster service account).
+pub async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<kube::Client, ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ConnectError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| ConnectError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer().await.map_err(ConnectError::Infer)?,
+    };
+    kube::Client::try_from(config).map_err(ConnectError::Client)
+}

@@ -23,6 +23,9 @@ enum Command {
     Mount(cmd::mount::Args),
     /// Serve the Secrets Store CSI Driver provider API (drop-in for the Azure provider).
     Provider(cmd::provider::Args),
+    /// Sync Key Vault objects named by AzureKeyVaultSecret resources (akv2k8s-compatible) into
+    /// Kubernetes Secrets and ConfigMaps.
+    Controller(cmd::controller::Args),
     /// The azure/kv FlexVolume driver: init | mount DIR JSON | unmount DIR.
     Flexvolume(cmd::flexvolume::Args),
 }
@@ -58,6 +61,7 @@ fn main() -> std::process::ExitCode {
             Command::Mount(args) => cmd::mount::run(args).await,
             Command::Provider(args) => cmd::provider::run(args).await,
             Command::Flexvolume(args) => cmd::flexvolume::run(args).await,
+            Command::Controller(args) => cmd::controller::run(args).await,
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! One module per subcommand: flags, then a call into the library crate that does the work.
 
+pub mod controller;
 #[cfg(feature = "dev-vault")]
 pub mod dev_vault;
 #[cfg(not(feature = "dev-vault"))]

@@ -1,0 +1,190 @@
+//! `kvbridge controller`: syncs Key Vault objects named by `AzureKeyVaultSecret` resources
+//! (akv2k8s-compatible) into Kubernetes Secrets and ConfigMaps.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use controller::mapping::{KeyFormat, MapOptions};
+use controller::reconcile::Settings;
+use controller::run::{Health, Options, Runner};
+use keyvault::{ClientOptions, Cloud, Transport};
+use mount::cloud_env::CloudEnvFiles;
+use mount::identity::LocalEndpoints;
+use mount::target::CloudConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster service
+    /// account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Watch AzureKeyVaultSecrets (and write outputs) in this namespace only (default: all).
+    #[arg(long, env = "KVBRIDGE_NAMESPACE")]
+    namespace: Option<String>,
+    /// Only AzureKeyVaultSecrets matching this label selector (e.g. `team=payments`).
+    #[arg(long)]
+    selector: Option<String>,
+    /// Refresh interval of resources without spec.refreshInterval.
+    #[arg(long, default_value = "10m", value_parser = crate::cmd::parse_duration)]
+    refresh_interval: Duration,
+    /// Shortest spec.refreshInterval honoured (shorter ones are raised to it).
+    #[arg(long, default_value = "10s", value_parser = crate::cmd::parse_duration)]
+    min_refresh_interval: Duration,
+    /// Reconciles in parallel.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Field manager of every Secret/ConfigMap write.
+    #[arg(long, default_value = "kvbridge-controller")]
+    field_manager: String,
+    /// akv2k8s compatibility: write `key` objects as the raw RSA modulus (base64url) instead
+    /// of a PKIX PUBLIC KEY PEM.
+    #[arg(long)]
+    akv2k8s_key_modulus: bool,
+    /// Tenant of per-object identities (spec.vault.identity) that name none.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    tenant_id: Option<String>,
+    /// Let the controller's own credential chain end with managed identity (IMDS).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    managed_identity: bool,
+    /// Azure environment JSON for the vaults (Azure Stack, sovereign clouds, or the dev vault's
+    /// cloud.json); default: Azure public cloud.
+    #[arg(long, env = "AZURE_ENVIRONMENT_FILEPATH")]
+    cloud_env_file: Option<PathBuf>,
+    /// Replaces the cloud's Entra ID authority host.
+    #[arg(long)]
+    authority_host: Option<String>,
+    /// Extra PEM CA certificates to trust for the vault and Entra ID.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Managed identity endpoint (default IMDS, http://169.254.169.254).
+    #[arg(long)]
+    imds_endpoint: Option<String>,
+    /// Per-attempt Key Vault / Entra request timeout.
+    #[arg(long, default_value = "30s", value_parser = crate::cmd::parse_duration)]
+    request_timeout: Duration,
+    /// Deadline for one object including retries and Retry-After waits.
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::parse_duration)]
+    request_deadline: Duration,
+    /// Retries after the first attempt.
+    #[arg(long, default_value_t = 5)]
+    max_retries: u32,
+    /// Client-side Key Vault requests per second per vault (0 = no limit). The default stays
+    /// below Key Vault's published 4,000 GETs per 10 s per vault.
+    #[arg(long, default_value_t = 200.0)]
+    rate_limit: f64,
+    /// Port for /healthz and /readyz (0 = any free port, logged at start).
+    #[arg(long, default_value_t = 8081)]
+    health_port: u16,
+    /// Port for /metrics (OpenMetrics text).
+    #[arg(long, default_value_t = 8080)]
+    metrics_port: u16,
+    /// Address the HTTP ports bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    http_bind: std::net::IpAddr,
+    /// Serve no HTTP port.
+    #[arg(long)]
+    no_http: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let client = controller::run::kube_client(args.kubeconfig.as_deref()).await?;
+
+    let options = ClientOptions {
+        ca_file: args.ca_file.clone(),
+        timeout: args.request_timeout,
+        deadline: args.request_deadline,
+        max_retries: args.max_retries,
+        rate_limit_per_sec: (args.rate_limit > 0.0).then_some(args.rate_limit),
+        ..ClientOptions::default()
+    };
+    let transport = Transport::new(&options).context("cannot build the HTTPS client")?;
+    // The same identity/cloud/client layer as the provider and `kvbridge mount`.
+    let mut cloud = CloudConfig::new(CloudEnvFiles::anywhere());
+    if let Some(file) = &args.cloud_env_file {
+        cloud.default_cloud = Some(
+            Cloud::from_env_file(file)
+                .with_context(|| format!("--cloud-env-file {}", file.display()))?,
+        );
+    }
+    cloud.authority_host = args.authority_host.clone();
+    let clients = Arc::new(mount::clients::ClientPool::new(
+        transport,
+        LocalEndpoints {
+            imds: args.imds_endpoint.clone(),
+            nmi: None,
+        },
+    ));
+    let settings = Settings {
+        field_manager: args.field_manager.clone(),
+        default_refresh: args.refresh_interval.max(args.min_refresh_interval),
+        min_refresh: args.min_refresh_interval,
+        map: MapOptions {
+            key_format: if args.akv2k8s_key_modulus {
+                KeyFormat::Akv2k8sModulus
+            } else {
+                KeyFormat::Pem
+            },
+        },
+        ambient_managed_identity: args.managed_identity,
+        tenant_id: args.tenant_id.clone().filter(|t| !t.trim().is_empty()),
+    };
+    let opts = Options {
+        settings,
+        namespace: args.namespace.clone().filter(|n| !n.is_empty()),
+        selector: args.selector.clone().filter(|s| !s.is_empty()),
+        concurrency: args.concurrency.max(1),
+        cloud,
+        clients,
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let metrics = Arc::new(controller::metrics::Metrics::new());
+    let health = Arc::new(Health::default());
+    let mut http = Vec::new();
+    if !args.no_http {
+        let at = |p: u16| SocketAddr::new(args.http_bind, p);
+        let (h, t) = controller::http::spawn(
+            at(args.health_port),
+            controller::http::health_router(health.clone()),
+        )
+        .await?;
+        http.push(t);
+        let (m, t) = controller::http::spawn(
+            at(args.metrics_port),
+            controller::http::metrics_router(metrics.clone()),
+        )
+        .await?;
+        http.push(t);
+        tracing::info!(health = %h, metrics = %m, "serving /healthz, /readyz, /metrics");
+    }
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        selector = args.selector.as_deref().unwrap_or(""),
+        refresh = ?args.refresh_interval,
+        "kvbridge controller starting"
+    );
+    let runner = Runner::new(client, opts, metrics);
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    };
+    runner.run(health, shutdown).await;
+    for t in http {
+        t.abort();
+    }
+    Ok(())
+}

@@ -1,0 +1,380 @@
+//! `kvbridge controller` as a real process against the real kube-apiserver (crates/testenv)
+//! and `kvbridge dev-vault`: akv2k8s manifests applied with kubectl sync into Secrets, a new
+//! vault version reaches the Secret within the refresh interval, /readyz and /metrics answer,
+//! a deleted resource loses its Secret, and SIGTERM stops the process cleanly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use serde_json::{json, Value};
+use testenv::ChildGuard;
+
+const TENANT: &str = "7a1c3f0e-5d2b-4c8e-9f61-2b3c4d5e6f70";
+const VAULT: &str = "akv2k8s-test";
+const WAIT: Duration = Duration::from_secs(45);
+
+fn kvbridge() -> &'static str {
+    env!("CARGO_BIN_EXE_kvbridge")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn seed() -> String {
+    format!(
+        r#"
+tenant: {TENANT}
+vaults:
+  - name: {VAULT}
+    secrets:
+      - {{name: my-secret, value: "hello from the vault"}}
+    certificates:
+      - name: ca
+        generate: {{subject: "CN=Controller Process CA", ca: true, keyType: EC, curve: P-256, validityDays: 365}}
+        contentType: application/x-pem-file
+      - name: my-certificate
+        generate: {{subject: "CN=app.test", sans: [app.test], issuer: ca, keyType: EC, curve: P-256, validityDays: 30}}
+        contentType: application/x-pkcs12
+    accessPolicies:
+      - {{identity: controller, secrets: [all], certificates: [all], keys: [all]}}
+identities:
+  - {{clientId: controller, secret: controller-secret}}
+"#
+    )
+}
+
+struct DevVault {
+    _child: ChildGuard,
+    port: u16,
+    ca: PathBuf,
+    cloud_env_file: PathBuf,
+}
+
+fn dev_vault(dir: &Path) -> DevVault {
+    let state = dir.join("vault");
+    let seed_file = dir.join("seed.yaml");
+    std::fs::write(&seed_file, seed()).unwrap();
+    let mut cmd = Command::new(kvbridge());
+    cmd.args(["dev-vault", "--listen", "127.0.0.1:0", "--state"])
+        .arg(&state)
+        .arg("--seed")
+        .arg(&seed_file);
+    let child = testenv::process::spawn("kvbridge dev-vault", cmd, &dir.join("vault.log")).unwrap();
+    let ready = state.join("ready.json");
+    let t0 = Instant::now();
+    let info: Value = loop {
+        if let Some(v) = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+        {
+            break v;
+        }
+        assert!(
+            child.exited().is_none() && t0.elapsed() < WAIT,
+            "dev vault did not start: {}",
+            child.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    DevVault {
+        port: u16::try_from(info["port"].as_u64().unwrap()).unwrap(),
+        ca: PathBuf::from(info["ca"].as_str().unwrap()),
+        cloud_env_file: PathBuf::from(info["cloud_env_file"].as_str().unwrap()),
+        _child: child,
+    }
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A new version of a vault secret through the Key Vault REST API (curl: an independent
+/// client). Returns the new version id.
+fn set_secret(v: &DevVault, name: &str, value: &str) -> String {
+    let ca = v.ca.to_str().unwrap();
+    let (ok, token) = curl(&[
+        "--fail",
+        "--cacert",
+        ca,
+        "-d",
+        "grant_type=client_credentials",
+        "-d",
+        "client_id=controller",
+        "-d",
+        "client_secret=controller-secret",
+        "-d",
+        "scope=https://vault.azure.net/.default",
+        &format!("https://localhost:{}/{TENANT}/oauth2/v2.0/token", v.port),
+    ]);
+    assert!(ok, "{token}");
+    let token: Value = serde_json::from_str(&token).unwrap();
+    let (ok, bundle) = curl(&[
+        "--fail",
+        "--cacert",
+        ca,
+        "-X",
+        "PUT",
+        "-H",
+        &format!(
+            "Authorization: Bearer {}",
+            token["access_token"].as_str().unwrap()
+        ),
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &json!({ "value": value }).to_string(),
+        &format!(
+            "https://{VAULT}.localhost:{}/secrets/{name}?api-version=7.4",
+            v.port
+        ),
+    ]);
+    assert!(ok, "{bundle}");
+    let bundle: Value = serde_json::from_str(&bundle).unwrap();
+    bundle["id"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+async fn eventually<T, F, Fut>(what: &str, controller: &ChildGuard, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            controller.exited().is_none(),
+            "the controller exited: {}",
+            controller.log_tail(30)
+        );
+        assert!(
+            t0.elapsed() < WAIT,
+            "timed out waiting for {what}; controller log:\n{}",
+            controller.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn secret(client: &kube::Client, ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+fn data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
+    s.data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
+    let Some(cp) = testenv::control_plane().await else {
+        return;
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = cp.client().await.unwrap();
+    cp.install_crds(&client, &repo().join("deploy/crds"))
+        .await
+        .unwrap();
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some("akv-test".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("{e}"),
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dev_vault(dir.path());
+    let [health_port, metrics_port] = testenv::process::free_ports::<2>().unwrap();
+    let mut cmd = Command::new(kvbridge());
+    cmd.arg("controller")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .arg("--cloud-env-file")
+        .arg(&vault.cloud_env_file)
+        .arg("--ca-file")
+        .arg(&vault.ca)
+        .args(["--refresh-interval", "2s", "--min-refresh-interval", "1s"])
+        .args(["--managed-identity", "false", "--http-bind", "127.0.0.1"])
+        .args(["--health-port", &health_port.to_string()])
+        .args(["--metrics-port", &metrics_port.to_string()])
+        // The controller's own credential: a service principal from the environment.
+        .env("AZURE_TENANT_ID", TENANT)
+        .env("AZURE_CLIENT_ID", "controller")
+        .env("AZURE_CLIENT_SECRET", "controller-secret")
+        .env_remove("KUBECONFIG")
+        .env("KVBRIDGE_LOG", "info");
+    let t_start = Instant::now();
+    let controller = testenv::process::spawn(
+        "kvbridge controller",
+        cmd,
+        &dir.path().join("controller.log"),
+    )
+    .unwrap();
+
+    // Ready once every watch listed.
+    let readyz = format!("http://127.0.0.1:{health_port}/readyz");
+    eventually("/readyz 200", &controller, || async {
+        let (ok, body) = curl(&["--fail", &readyz]);
+        (ok && body == "ok").then_some(())
+    })
+    .await;
+    eprintln!("kvbridge controller ready in {:?}", t_start.elapsed());
+    let (ok, body) = curl(&["--fail", &format!("http://127.0.0.1:{health_port}/healthz")]);
+    assert!(ok && body == "ok", "{body}");
+
+    // akv2k8s's documented manifests, unchanged, applied with kubectl.
+    let fixtures = repo().join("crates/controller/tests/fixtures/akv2k8s");
+    for f in ["secret-sync.yaml", "certificate-sync.yaml"] {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["apply", "-f"])
+            .arg(fixtures.join(f))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let t0 = Instant::now();
+    let s = eventually("my-secret-from-akv", &controller, || {
+        secret(&client, "akv-test", "my-secret-from-akv")
+    })
+    .await;
+    eprintln!(
+        "kubectl apply returned -> Secret there after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(data(&s)["secret-value"], b"hello from the vault");
+    let tls = eventually("my-certificate-from-akv", &controller, || {
+        secret(&client, "akv-test", "my-certificate-from-akv")
+    })
+    .await;
+    assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
+    let tls = data(&tls);
+    assert!(String::from_utf8_lossy(&tls["tls.crt"]).contains("BEGIN CERTIFICATE"));
+    assert!(String::from_utf8_lossy(&tls["tls.key"]).contains("BEGIN PRIVATE KEY"));
+
+    // A new vault version reaches the Secret within the 2 s refresh.
+    let version = set_secret(&vault, "my-secret", "rotated value");
+    let t0 = Instant::now();
+    eventually("rotated Secret", &controller, || async {
+        let s = secret(&client, "akv-test", "my-secret-from-akv").await?;
+        (data(&s)["secret-value"] == b"rotated value").then_some(())
+    })
+    .await;
+    eprintln!("vault version -> Secret updated in {:?}", t0.elapsed());
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["-n", "akv-test", "get", "akvs", "secret-sync", "-o", "json"])
+        .output()
+        .unwrap();
+    let akvs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eventually("status.objectVersion", &controller, || async {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["-n", "akv-test", "get", "akvs", "secret-sync", "-o", "json"])
+            .output()
+            .ok()?;
+        let a: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (a["status"]["objectVersion"] == version.as_str()).then_some(())
+    })
+    .await;
+    assert_eq!(akvs["status"]["secretName"], "my-secret-from-akv");
+
+    // Metrics: reconciles and vault GETs counted; no resource name or value in them.
+    let (ok, metrics) = curl(&[
+        "--fail",
+        &format!("http://127.0.0.1:{metrics_port}/metrics"),
+    ]);
+    assert!(ok, "{metrics}");
+    assert!(
+        metrics.contains("kvbridge_controller_reconciles_total{result=\"synced\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kvbridge_controller_vault_requests_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("my-secret") && !metrics.contains("rotated value"));
+    let log = std::fs::read_to_string(controller.log_path()).unwrap();
+    assert!(
+        !log.contains("rotated value") && !log.contains("hello from the vault"),
+        "a secret value in the log"
+    );
+
+    // Delete: the Secret goes (no garbage collector runs in the test control plane).
+    Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), "akv-test")
+        .delete("secret-sync", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("Secret deleted", &controller, || async {
+        secret(&client, "akv-test", "my-secret-from-akv")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // SIGTERM: a clean, prompt exit.
+    // SAFETY: kill(2) on the child's pid; no memory is touched.
+    let rc = unsafe { libc::kill(controller.pid() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = controller.exited() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}: {}", controller.log_tail(20));
+    eprintln!("SIGTERM -> exit in {:?}", t0.elapsed());
+}
