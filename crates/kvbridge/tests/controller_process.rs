@@ -2,6 +2,7 @@
 //! and `kvbridge dev-vault`: akv2k8s manifests applied with kubectl sync into Secrets, a new
 //! vault version reaches the Secret within the refresh interval, /readyz and /metrics answer,
 //! a deleted resource loses its Secret, and SIGTERM stops the process cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use serde_json::{json, Value};
+use serde_json::Value;
+use testenv::vault::{DevVaultProcess, EXAMPLE_CLIENT};
 use testenv::ChildGuard;
 
 const TENANT: &str = "7a1c3f0e-5d2b-4c8e-9f61-2b3c4d5e6f70";
@@ -42,51 +44,26 @@ vaults:
         contentType: application/x-pkcs12
     accessPolicies:
       - {{identity: controller, secrets: [all], certificates: [all], keys: [all]}}
+      - {{identity: {dev}, secrets: [all]}}
 identities:
   - {{clientId: controller, secret: controller-secret}}
-"#
+  - {{clientId: {dev}, secret: {dev_secret}}}
+"#,
+        dev = EXAMPLE_CLIENT.0,
+        dev_secret = EXAMPLE_CLIENT.1,
     )
 }
 
-struct DevVault {
-    _child: ChildGuard,
-    port: u16,
-    ca: PathBuf,
-    cloud_env_file: PathBuf,
-}
-
-fn dev_vault(dir: &Path) -> DevVault {
-    let state = dir.join("vault");
+fn dev_vault(dir: &Path) -> DevVaultProcess {
     let seed_file = dir.join("seed.yaml");
     std::fs::write(&seed_file, seed()).unwrap();
-    let mut cmd = Command::new(kvbridge());
-    cmd.args(["dev-vault", "--listen", "127.0.0.1:0", "--state"])
-        .arg(&state)
-        .arg("--seed")
-        .arg(&seed_file);
-    let child = testenv::process::spawn("kvbridge dev-vault", cmd, &dir.join("vault.log")).unwrap();
-    let ready = state.join("ready.json");
-    let t0 = Instant::now();
-    let info: Value = loop {
-        if let Some(v) = std::fs::read_to_string(&ready)
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-        {
-            break v;
-        }
-        assert!(
-            child.exited().is_none() && t0.elapsed() < WAIT,
-            "dev vault did not start: {}",
-            child.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    DevVault {
-        port: u16::try_from(info["port"].as_u64().unwrap()).unwrap(),
-        ca: PathBuf::from(info["ca"].as_str().unwrap()),
-        cloud_env_file: PathBuf::from(info["cloud_env_file"].as_str().unwrap()),
-        _child: child,
-    }
+    DevVaultProcess::start(
+        Path::new(kvbridge()),
+        &dir.join("vault"),
+        &seed_file,
+        &dir.join("vault.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn curl(args: &[&str]) -> (bool, String) {
@@ -103,57 +80,6 @@ fn curl(args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
-}
-
-/// A new version of a vault secret through the Key Vault REST API (curl: an independent
-/// client). Returns the new version id.
-fn set_secret(v: &DevVault, name: &str, value: &str) -> String {
-    let ca = v.ca.to_str().unwrap();
-    let (ok, token) = curl(&[
-        "--fail",
-        "--cacert",
-        ca,
-        "-d",
-        "grant_type=client_credentials",
-        "-d",
-        "client_id=controller",
-        "-d",
-        "client_secret=controller-secret",
-        "-d",
-        "scope=https://vault.azure.net/.default",
-        &format!("https://localhost:{}/{TENANT}/oauth2/v2.0/token", v.port),
-    ]);
-    assert!(ok, "{token}");
-    let token: Value = serde_json::from_str(&token).unwrap();
-    let (ok, bundle) = curl(&[
-        "--fail",
-        "--cacert",
-        ca,
-        "-X",
-        "PUT",
-        "-H",
-        &format!(
-            "Authorization: Bearer {}",
-            token["access_token"].as_str().unwrap()
-        ),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &json!({ "value": value }).to_string(),
-        &format!(
-            "https://{VAULT}.localhost:{}/secrets/{name}?api-version=7.4",
-            v.port
-        ),
-    ]);
-    assert!(ok, "{bundle}");
-    let bundle: Value = serde_json::from_str(&bundle).unwrap();
-    bundle["id"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 async fn eventually<T, F, Fut>(what: &str, controller: &ChildGuard, mut f: F) -> T
@@ -298,7 +224,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     assert!(String::from_utf8_lossy(&tls["tls.key"]).contains("BEGIN PRIVATE KEY"));
 
     // A new vault version reaches the Secret within the 2 s refresh.
-    let version = set_secret(&vault, "my-secret", "rotated value");
+    let version = vault.set_secret(VAULT, "my-secret", "rotated value");
     let t0 = Instant::now();
     eventually("rotated Secret", &controller, || async {
         let s = secret(&client, "akv-test", "my-secret-from-akv").await?;
@@ -361,9 +287,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     .await;
 
     // SIGTERM: a clean, prompt exit.
-    // SAFETY: kill(2) on the child's pid; no memory is touched.
-    let rc = unsafe { libc::kill(controller.pid() as i32, libc::SIGTERM) };
-    assert_eq!(rc, 0);
+    sigterm(controller.pid());
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = controller.exited() {
@@ -377,4 +301,11 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     };
     assert!(status.success(), "{status}: {}", controller.log_tail(20));
     eprintln!("SIGTERM -> exit in {:?}", t0.elapsed());
+}
+
+#[allow(unsafe_code)]
+fn sigterm(pid: u32) {
+    // SAFETY: kill(2) on the child's pid; no memory is touched.
+    let rc = unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
 }
