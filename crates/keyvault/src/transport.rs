@@ -148,38 +148,54 @@ impl reqwest::dns::Resolve for LoopbackAwareResolver {
     }
 }
 
-const SYSTEM_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/ssl/cert.pem",
-];
-
+/// The platform's trusted CAs, found as OpenSSL would (`SSL_CERT_FILE`, `SSL_CERT_DIR`, then the
+/// distribution's bundle and directory paths) by `rustls-native-certs`. Unreadable or
+/// unparsable entries are skipped with a warning; none at all leaves only `--ca-file` roots.
 fn system_roots() -> Vec<reqwest::Certificate> {
-    let candidates: Vec<PathBuf> = std::env::var_os("SSL_CERT_FILE")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
-        .collect();
-    for path in candidates {
-        let Ok(pem) = std::fs::read(&path) else {
-            continue;
-        };
-        match reqwest::Certificate::from_pem_bundle(&pem) {
-            Ok(certs) if !certs.is_empty() => {
-                tracing::debug!(path = %path.display(), count = certs.len(), "loaded system CA bundle");
-                return certs;
-            }
-            Ok(_) => continue,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot parse CA bundle");
-                continue;
-            }
-        }
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "skipping part of the system CA store");
     }
-    tracing::warn!("no system CA bundle found; only --ca-file roots are trusted");
-    Vec::new()
+    let certs: Vec<reqwest::Certificate> = found
+        .certs
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der.as_ref()).ok())
+        .collect();
+    if certs.is_empty() {
+        tracing::warn!("no system CA certificates found; only --ca-file roots are trusted");
+    } else {
+        tracing::debug!(count = certs.len(), "loaded the system CA store");
+    }
+    certs
+}
+
+const CERTIFICATE_HINT: &str = "the server's TLS certificate was rejected (not retried); \
+    trust its CA with --ca-file (or SSL_CERT_FILE) and check that the URL's host name is one the \
+    certificate names";
+
+/// Did TLS reject the server's certificate (unknown issuer, expired, wrong name, none sent)?
+/// Such failures repeat on every attempt. `io::Error` hides its inner error from `source()`,
+/// so an `io::Error` link is also looked into through `get_ref`.
+fn rejected_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    fn walk(err: &(dyn std::error::Error + 'static), depth: u32) -> bool {
+        if depth > 16 {
+            return false;
+        }
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if inner.is_some_and(|i| walk(i, depth + 1)) {
+            return true;
+        }
+        err.source().is_some_and(|s| walk(s, depth + 1))
+    }
+    walk(e, 0)
 }
 
 /// One request, rebuilt for every attempt.
@@ -618,6 +634,16 @@ impl Transport {
                 Ok(Err((_, BodyError::Http(e)))) => {
                     tracing::debug!(%target, attempt, error = %crate::error::ErrorChain(&e), "transport error");
                     c.transport_errors.fetch_add(1, Ordering::Relaxed);
+                    if rejected_certificate(&e) {
+                        // Another attempt meets the same certificate: fail now, saying how to
+                        // fix it, instead of retrying until the deadline.
+                        return Err(Error::Transport {
+                            target: Box::new(target.clone()),
+                            attempts: attempt,
+                            last: Some(CERTIFICATE_HINT.into()),
+                            source: Some(Error::http_source(e)),
+                        });
+                    }
                     (
                         Last::Transport(Error::http_source(e)),
                         self.backoff(attempt),

@@ -331,3 +331,41 @@ async fn throttling_exhaustion_reports_retry_after() {
     );
     assert!(e.is_transient());
 }
+
+/// A server certificate this client does not trust fails on the first attempt with a hint
+/// (`--ca-file`, `SSL_CERT_FILE`), instead of being retried until the deadline: every retry
+/// would meet the same certificate.
+#[tokio::test]
+async fn untrusted_server_certificate_is_not_retried() {
+    let env = Env::start().await;
+    let cred = ClientSecretCredential::new(&env.authority(), TENANT, "full-app", "full-secret")
+        .with_transport(env.transport());
+    let untrusting = KeyVaultClient::new(
+        Arc::new(cred),
+        ClientOptions {
+            ca_file: None,
+            use_system_roots: false,
+            max_retries: 5,
+            retry_base_delay: Duration::from_millis(200),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = untrusting
+        .get_secret(&env.vault(), "open", None)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Transport { attempts, .. } => assert_eq!(*attempts, 1, "{err}"),
+        other => panic!("expected a transport error, got {other}"),
+    }
+    let text = ErrorChain(&err).to_string();
+    assert!(
+        text.contains("--ca-file") && text.contains("SSL_CERT_FILE"),
+        "{text}"
+    );
+    assert!(
+        text.contains("certificate"),
+        "the TLS cause is kept: {text}"
+    );
+}

@@ -203,3 +203,60 @@ fn kill_9_during_saves_leaves_no_temp_copies() {
     );
     drop(restarted);
 }
+
+/// The system trust store is found as OpenSSL finds it: with `SSL_CERT_FILE` naming the dev
+/// vault's CA (the banner's "trust it" line) and no `--ca-file`, mount succeeds; with a store
+/// that lacks the CA it fails on TLS and writes nothing.
+#[test]
+fn mount_trusts_the_system_store_named_by_ssl_cert_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dev_vault(&dir.path().join("state"));
+    let class = dir.path().join("class.yaml");
+    std::fs::write(
+        &class,
+        "keyvaultName: kvbridge-demo\ntenantID: 6d2b6f1e-0e4c-4a8e-9a57-6b7662726467\nobjects: |\n  array:\n    - |\n      objectName: db-password\n      objectType: secret\n",
+    )
+    .unwrap();
+    let run = |target: &Path, store: &Path| {
+        let (mut env, args) = printed_mount_command(&vault, &class, target);
+        let mut without_ca = Vec::new();
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            if a == "--ca-file" {
+                it.next();
+            } else {
+                without_ca.push(a);
+            }
+        }
+        let empty = dir.path().join("no-certs");
+        std::fs::create_dir_all(&empty).unwrap();
+        env.push(("SSL_CERT_FILE".into(), store.display().to_string()));
+        env.push(("SSL_CERT_DIR".into(), empty.display().to_string()));
+        kvbridge(&env, &without_ca)
+    };
+    let trusted = dir.path().join("trusted");
+    let out = run(&trusted, &vault.ca);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(trusted.join("db-password")).unwrap(),
+        "correct-horse-battery-staple"
+    );
+
+    // A store holding some other CA: the dev vault's certificate is not trusted.
+    let other = dir.path().join("other-ca.pem");
+    let c = testenv::chain::chain(pki::KeyKind::Ec(pki::Curve::P256), 1, "other");
+    std::fs::write(&other, pki::pem_encode("CERTIFICATE", &c.certs[0])).unwrap();
+    let untrusted = dir.path().join("untrusted");
+    let out = run(&untrusted, &other);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.to_lowercase().contains("certificate") || stderr.contains("TLS"),
+        "{stderr}"
+    );
+    assert!(!untrusted.join("db-password").exists());
+}

@@ -52,7 +52,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use zeroize::Zeroizing;
@@ -257,28 +256,16 @@ fn top_level(path: &str) -> &str {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn timestamp_name() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    // civil date from days since epoch (Howard Hinnant's algorithm), UTC
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = time::OffsetDateTime::now_utc();
     format!(
-        "..{y:04}_{m:02}_{d:02}_{:02}_{:02}_{:02}.{:09}_{}_{}",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        now.subsec_nanos(),
+        "..{:04}_{:02}_{:02}_{:02}_{:02}_{:02}.{:09}_{}_{}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond(),
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
