@@ -15,7 +15,7 @@ use controller::crd::AzureKeyVaultSecret;
 use controller::metrics::Metrics;
 use controller::reconcile::Settings;
 use controller::run::{Health, Options, Runner};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
@@ -25,7 +25,10 @@ const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 const VAULT: &str = "akv2k8s-test";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn seed() -> String {
+/// `sa_issuer_key`: the test control plane's service-account public key, so that the dev vault
+/// accepts the ServiceAccount tokens the TokenRequest API issues (workload identity).
+fn seed(sa_issuer_key: &Path) -> String {
+    let sa_issuer_key = sa_issuer_key.display();
     format!(
         r#"
 tenant: {TENANT}
@@ -47,8 +50,21 @@ vaults:
       - {{name: akv2k8s-test-key, kty: RSA, size: 2048}}
     accessPolicies:
       - {{identity: controller, secrets: [all], certificates: [all], keys: [all]}}
+  # Readable only with a per-object identity, not with the controller's own.
+  - name: team-vault
+    secrets:
+      - {{name: team-only, value: "team secret"}}
+    accessPolicies:
+      - {{identity: wi-client, secrets: [get]}}
+      - {{identity: sp-client, secrets: [get]}}
 identities:
   - {{clientId: controller, secret: controller-secret}}
+  - {{clientId: sp-client, secret: sp-secret}}
+  - clientId: wi-client
+    federatedCredentials:
+      - issuer: https://kubernetes.default.svc.cluster.local
+        subject: system:serviceaccount:identities:app
+        issuerKey: {sa_issuer_key}
 "#
     )
 }
@@ -75,7 +91,7 @@ async fn start() -> Option<Env> {
 
     let dir = tempfile::tempdir().unwrap();
     let seed_path = dir.path().join("seed.yaml");
-    std::fs::write(&seed_path, seed()).unwrap();
+    std::fs::write(&seed_path, seed(&cp.dir().join("service-account.pub"))).unwrap();
     let mut opts = devvault::Options::new("127.0.0.1:0".parse().unwrap(), dir.path().join("dv"));
     opts.seed = Some(seed_path);
     let dv = devvault::start(opts).await.expect("dev vault");
@@ -533,4 +549,84 @@ async fn controller_against_the_real_api_server_and_dev_vault() {
     .await;
     // The foreign Secret is still there.
     assert!(secret_data(c, "foreign", "theirs").await.is_some());
+
+    // --- Per-object identity: workload identity through a ServiceAccount (TokenRequest API,
+    // the token checked by the dev vault against the API server's signing key) and a service
+    // principal from a Secret read a vault the controller's own identity cannot.
+    env.namespace("identities").await;
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("app".into()),
+            annotations: Some(BTreeMap::from([(
+                "azure.workload.identity/client-id".to_string(),
+                "wi-client".to_string(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(c.clone(), "identities")
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let creds = Secret {
+        metadata: ObjectMeta {
+            name: Some("sp-creds".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([
+            ("clientid".to_string(), "sp-client".to_string()),
+            ("clientsecret".to_string(), "sp-secret".to_string()),
+        ])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(c.clone(), "identities")
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let team = |name: &str, identity: &str| {
+        format!(
+            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: {name}, namespace: identities}}\nspec:\n  vault:\n    name: team-vault\n    object: {{name: team-only, type: secret}}\n{identity}  output: {{secret: {{name: {name}, dataKey: value}}}}\n"
+        )
+    };
+    env.apply_yaml(&team(
+        "via-sa",
+        "    identity: {serviceAccount: {name: app}}\n",
+    ));
+    env.apply_yaml(&team(
+        "via-sp",
+        "    identity: {servicePrincipal: {secretRef: {name: sp-creds}}}\n",
+    ));
+    env.apply_yaml(&team("via-controller", ""));
+    env.apply_yaml(&team(
+        "via-unknown-sa",
+        "    identity: {serviceAccount: {name: nobody}}\n",
+    ));
+    for name in ["via-sa", "via-sp"] {
+        wait_ready(c, "identities", name, "True", "Synced").await;
+        assert_eq!(
+            secret_data(c, "identities", name).await.unwrap()["value"],
+            b"team secret",
+            "{name}"
+        );
+    }
+    wait_ready(
+        c,
+        "identities",
+        "via-controller",
+        "False",
+        "VaultAccessDenied",
+    )
+    .await;
+    wait_ready(
+        c,
+        "identities",
+        "via-unknown-sa",
+        "False",
+        "IdentityUnavailable",
+    )
+    .await;
+    assert!(secret_data(c, "identities", "via-controller")
+        .await
+        .is_none());
 }
