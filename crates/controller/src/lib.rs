@@ -8,5 +8,6 @@ pub mod mapping;
 pub mod metrics;
 pub mod objects;
 pub mod reconcile;
+pub mod restart;
 pub mod run;
 pub mod write;

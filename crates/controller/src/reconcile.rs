@@ -374,6 +374,8 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
     let prev = akvs.status.clone().unwrap_or_default();
     let mut status = prev.clone();
     let mut changed_outputs: Vec<String> = Vec::new();
+    // Outputs that existed and got new content: (kind, name, new hash), for restarts.
+    let mut rotated: Vec<(&'static str, String, String)> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
 
     if let Some(ds) = &desired.secret {
@@ -420,6 +422,9 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
                     );
                     if prev.secret_hash.as_deref() != Some(hash.as_str()) {
                         changed_outputs.push(format!("Secret {}", ds.name));
+                        if o == Outcome::Updated && prev.secret_hash.is_some() {
+                            rotated.push(("Secret", ds.name.clone(), hash.clone()));
+                        }
                     }
                 }
                 status.secret_hash = Some(hash);
@@ -470,6 +475,9 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
                     );
                     if prev.config_map_hash.as_deref() != Some(hash.as_str()) {
                         changed_outputs.push(format!("ConfigMap {}", dc.name));
+                        if o == Outcome::Updated && prev.config_map_hash.is_some() {
+                            rotated.push(("ConfigMap", dc.name.clone(), hash.clone()));
+                        }
                     }
                 }
                 status.config_map_hash = Some(hash);
@@ -547,6 +555,9 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         )
         .await;
     }
+    if !rotated.is_empty() {
+        restart_workloads(akvs, ctx, &rotated, &mut calls).await;
+    }
     let result = write_status(akvs, ctx, &prev, status, &mut calls).await;
     ctx.count(calls);
     result?;
@@ -565,6 +576,62 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         Ok(Action::requeue(jitter(akvs, refresh)))
     } else {
         Ok(Action::requeue(ctx.failure_backoff(&oref, refresh)))
+    }
+}
+
+/// Rolls the opted-in workloads that use a rotated output. A failure (e.g. no RBAC on the
+/// workloads) is reported as a warning event and does not fail the reconcile: the outputs are
+/// already written.
+async fn restart_workloads(
+    akvs: &AzureKeyVaultSecret,
+    ctx: &Ctx,
+    rotated: &[(&'static str, String, String)],
+    calls: &mut Calls,
+) {
+    let ns = akvs.namespace().unwrap_or_default();
+    let hashes = crate::restart::Hashes {
+        secrets: &ctx.secrets,
+        config_maps: &ctx.config_maps,
+        changed: rotated,
+    };
+    calls.reads += 3;
+    match crate::restart::after_rotation(&ctx.client, &ns, &hashes, &ctx.settings.field_manager)
+        .await
+    {
+        Ok(done) if done.is_empty() => {}
+        Ok(done) => {
+            calls.writes += done.len() as u32;
+            for r in &done {
+                ctx.metrics.write(r.kind, "restarted");
+            }
+            let names: Vec<String> = done
+                .iter()
+                .map(|r| format!("{} {}", r.kind, r.name))
+                .collect();
+            publish(
+                ctx,
+                akvs,
+                EventType::Normal,
+                "RolloutTriggered",
+                format!("rotation: restarting {}", names.join(", ")),
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::warn!(
+                resource = %format!("{ns}/{}", akvs.name_any()),
+                error = %e,
+                "restart on rotation failed"
+            );
+            publish(
+                ctx,
+                akvs,
+                EventType::Warning,
+                "RestartFailed",
+                format!("restarting the workloads that use the rotated outputs: {e}"),
+            )
+            .await;
+        }
     }
 }
 

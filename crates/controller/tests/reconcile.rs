@@ -15,6 +15,7 @@ use controller::crd::AzureKeyVaultSecret;
 use controller::metrics::Metrics;
 use controller::reconcile::Settings;
 use controller::run::{Health, Options, Runner};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::ResourceExt;
@@ -39,6 +40,7 @@ vaults:
       - {{name: my-padded-secret, value: "  padded  "}}
       - {{name: akv2k8s-multi-key-test, value: '{{"host":"db.test","user":"app","password":"p@ss"}}'}}
       - {{name: shared, value: "shared-v1"}}
+      - {{name: rotating, value: "r1"}}
     certificates:
       - name: ca
         generate: {{subject: "CN=Controller Test CA", ca: true, keyType: EC, curve: P-256, validityDays: 365}}
@@ -629,4 +631,61 @@ async fn controller_against_the_real_api_server_and_dev_vault() {
     assert!(secret_data(c, "identities", "via-controller")
         .await
         .is_none());
+
+    // --- Restart on rotation: an opted-in Deployment using the Secret gets its pod template
+    // annotated when a new vault version changes the Secret (not at first sync); a Deployment
+    // that did not opt in, or uses other Secrets, is left alone.
+    env.namespace("rollout").await;
+    env.apply_yaml(&format!(
+        "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app-secret, namespace: rollout}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: rotating, type: secret}}}}\n  refreshInterval: 1s\n  output: {{secret: {{name: app-secret, dataKey: token}}}}\n"
+    ));
+    let deployment = |name: &str, opt_in: bool, secret: &str| {
+        let annotations = if opt_in {
+            "  annotations: {kvbridge.io/restart-on-rotation: \"true\"}\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: rollout\n{annotations}spec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers:\n        - name: app\n          image: registry.example/app:1\n          env:\n            - name: TOKEN\n              valueFrom: {{secretKeyRef: {{name: {secret}, key: token}}}}\n"
+        )
+    };
+    env.apply_yaml(&deployment("opted", true, "app-secret"));
+    env.apply_yaml(&deployment("not-opted", false, "app-secret"));
+    env.apply_yaml(&deployment("unrelated", true, "something-else"));
+    wait_ready(c, "rollout", "app-secret", "True", "Synced").await;
+    let template_hash = |name: &'static str| async move {
+        let d: Deployment = Api::namespaced(c.clone(), "rollout")
+            .get(name)
+            .await
+            .unwrap();
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("kvbridge.io/secrets-hash")
+            .cloned()
+    };
+    assert_eq!(
+        template_hash("opted").await,
+        None,
+        "first sync is no rotation"
+    );
+    env.set_secret("rotating", "r2").await;
+    let h1 = wait_for("opted Deployment annotated", || template_hash("opted")).await;
+    assert_eq!(
+        secret_data(c, "rollout", "app-secret").await.unwrap()["token"],
+        b"r2"
+    );
+    env.set_secret("rotating", "r3").await;
+    wait_for("opted Deployment annotated again", || async {
+        template_hash("opted").await.filter(|h| *h != h1)
+    })
+    .await;
+    assert_eq!(template_hash("not-opted").await, None);
+    assert_eq!(template_hash("unrelated").await, None);
+    let events = env.kubectl(&["-n", "rollout", "get", "events.events.k8s.io", "-o", "json"]);
+    assert!(
+        events.contains("RolloutTriggered") && events.contains("Deployment opted"),
+        "{events}"
+    );
 }
