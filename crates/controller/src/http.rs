@@ -1,4 +1,5 @@
-//! `/healthz` (the process serves), `/readyz` (every watch listed once) and `/metrics`
+//! `/healthz` (the process serves), `/readyz` (every watch listed once, or a follower on
+//! standby) and `/metrics`
 //! (OpenMetrics text) on TCP ports.
 
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ pub fn health_router(health: Arc<Health>) -> axum::Router {
                 async move {
                     if health.is_synced() {
                         (StatusCode::OK, "ok")
+                    } else if health.is_ready() {
+                        (StatusCode::OK, "standby")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "watches not listed yet")
                     }

@@ -4,6 +4,7 @@
 pub mod crd;
 pub mod http;
 pub mod identity;
+pub mod lease;
 pub mod mapping;
 pub mod metrics;
 pub mod objects;

@@ -46,6 +46,8 @@ pub struct Health {
     listed: AtomicU8,
     /// Every watch listed everything once.
     pub synced: AtomicBool,
+    /// A follower waiting for the leader lease (ready: it does what it should).
+    pub standby: AtomicBool,
 }
 
 /// The watches whose first listing readiness waits for.
@@ -59,6 +61,11 @@ enum Watch {
 impl Health {
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::SeqCst)
+    }
+
+    /// `/readyz`: a follower on standby, or a leader whose watches listed.
+    pub fn is_ready(&self) -> bool {
+        self.standby.load(Ordering::SeqCst) || self.is_synced()
     }
 
     /// Records the first complete listing of `w`; true when that made every watch listed.

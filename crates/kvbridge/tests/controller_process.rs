@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
@@ -122,90 +123,141 @@ fn data(s: &Secret) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
-    let Some(cp) = testenv::control_plane().await else {
-        return;
-    };
+/// The control plane with the CRD installed and namespace `ns`, or `None` (skipped).
+async fn cluster(ns: &str) -> Option<(&'static testenv::ControlPlane, kube::Client)> {
+    let cp = testenv::control_plane().await?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = cp.client().await.unwrap();
     cp.install_crds(&client, &repo().join("deploy/crds"))
         .await
         .unwrap();
-    let ns = Namespace {
+    let namespace = Namespace {
         metadata: ObjectMeta {
-            name: Some("akv-test".into()),
+            name: Some(ns.into()),
             ..Default::default()
         },
         ..Default::default()
     };
     match Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
+        .create(&PostParams::default(), &namespace)
         .await
     {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("{e}"),
     }
+    Some((cp, client))
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let vault = dev_vault(dir.path());
-    let [health_port, metrics_port] = testenv::process::free_ports::<2>().unwrap();
-    let mut cmd = Command::new(kvbridge());
-    cmd.arg("controller")
+/// A running `kvbridge controller` and its HTTP ports.
+struct Controller {
+    child: ChildGuard,
+    health_port: u16,
+    metrics_port: u16,
+}
+
+impl Controller {
+    /// `kvbridge controller` watching namespace `ns` only (tests in this file share one API
+    /// server), its own credential a service principal from the environment.
+    fn start(
+        cp: &testenv::ControlPlane,
+        vault: &DevVaultProcess,
+        dir: &Path,
+        ns: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> Controller {
+        let [health_port, metrics_port] = testenv::process::free_ports::<2>().unwrap();
+        let mut cmd = Command::new(kvbridge());
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .arg("--cloud-env-file")
+            .arg(&vault.cloud_env_file)
+            .arg("--ca-file")
+            .arg(&vault.ca)
+            .args(["--namespace", ns, "--lease-namespace", ns])
+            .args(["--refresh-interval", "2s", "--min-refresh-interval", "1s"])
+            .args(["--managed-identity", "false", "--http-bind", "127.0.0.1"])
+            .args(["--health-port", &health_port.to_string()])
+            .args(["--metrics-port", &metrics_port.to_string()])
+            .args(extra)
+            .env("AZURE_TENANT_ID", TENANT)
+            .env("AZURE_CLIENT_ID", "controller")
+            .env("AZURE_CLIENT_SECRET", "controller-secret")
+            .env("POD_NAME", name)
+            .env_remove("KUBECONFIG")
+            .env("KVBRIDGE_LOG", "info");
+        let child = testenv::process::spawn(name, cmd, &dir.join(format!("{name}.log"))).unwrap();
+        Controller {
+            child,
+            health_port,
+            metrics_port,
+        }
+    }
+
+    fn get(&self, path: &str) -> (bool, String) {
+        let port = if path == "/metrics" {
+            self.metrics_port
+        } else {
+            self.health_port
+        };
+        curl(&["--fail", &format!("http://127.0.0.1:{port}{path}")])
+    }
+}
+
+fn apply(cp: &testenv::ControlPlane, file: &Path) {
+    let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
-        .arg("--cloud-env-file")
-        .arg(&vault.cloud_env_file)
-        .arg("--ca-file")
-        .arg(&vault.ca)
-        .args(["--refresh-interval", "2s", "--min-refresh-interval", "1s"])
-        .args(["--managed-identity", "false", "--http-bind", "127.0.0.1"])
-        .args(["--health-port", &health_port.to_string()])
-        .args(["--metrics-port", &metrics_port.to_string()])
-        // The controller's own credential: a service principal from the environment.
-        .env("AZURE_TENANT_ID", TENANT)
-        .env("AZURE_CLIENT_ID", "controller")
-        .env("AZURE_CLIENT_SECRET", "controller-secret")
-        .env_remove("KUBECONFIG")
-        .env("KVBRIDGE_LOG", "info");
+        .args(["apply", "-f"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn lease_holder(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
+    let Some((cp, client)) = cluster("akv-test").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dev_vault(dir.path());
     let t_start = Instant::now();
-    let controller = testenv::process::spawn(
-        "kvbridge controller",
-        cmd,
-        &dir.path().join("controller.log"),
-    )
-    .unwrap();
+    let c = Controller::start(cp, &vault, dir.path(), "akv-test", "controller-a", &[]);
+    let controller = &c.child;
 
     // Ready once every watch listed.
-    let readyz = format!("http://127.0.0.1:{health_port}/readyz");
-    eventually("/readyz 200", &controller, || async {
-        let (ok, body) = curl(&["--fail", &readyz]);
+    eventually("/readyz 200", controller, || async {
+        let (ok, body) = c.get("/readyz");
         (ok && body == "ok").then_some(())
     })
     .await;
     eprintln!("kvbridge controller ready in {:?}", t_start.elapsed());
-    let (ok, body) = curl(&["--fail", &format!("http://127.0.0.1:{health_port}/healthz")]);
+    let (ok, body) = c.get("/healthz");
     assert!(ok && body == "ok", "{body}");
 
     // akv2k8s's documented manifests, unchanged, applied with kubectl.
     let fixtures = repo().join("crates/controller/tests/fixtures/akv2k8s");
     for f in ["secret-sync.yaml", "certificate-sync.yaml"] {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(["apply", "-f"])
-            .arg(fixtures.join(f))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        apply(cp, &fixtures.join(f));
     }
     let t0 = Instant::now();
-    let s = eventually("my-secret-from-akv", &controller, || {
+    let s = eventually("my-secret-from-akv", controller, || {
         secret(&client, "akv-test", "my-secret-from-akv")
     })
     .await;
@@ -214,7 +266,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
         t0.elapsed()
     );
     assert_eq!(data(&s)["secret-value"], b"hello from the vault");
-    let tls = eventually("my-certificate-from-akv", &controller, || {
+    let tls = eventually("my-certificate-from-akv", controller, || {
         secret(&client, "akv-test", "my-certificate-from-akv")
     })
     .await;
@@ -226,7 +278,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     // A new vault version reaches the Secret within the 2 s refresh.
     let version = vault.set_secret(VAULT, "my-secret", "rotated value");
     let t0 = Instant::now();
-    eventually("rotated Secret", &controller, || async {
+    eventually("rotated Secret", controller, || async {
         let s = secret(&client, "akv-test", "my-secret-from-akv").await?;
         (data(&s)["secret-value"] == b"rotated value").then_some(())
     })
@@ -239,7 +291,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
         .output()
         .unwrap();
     let akvs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    eventually("status.objectVersion", &controller, || async {
+    eventually("status.objectVersion", controller, || async {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(cp.kubeconfig())
@@ -253,10 +305,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     assert_eq!(akvs["status"]["secretName"], "my-secret-from-akv");
 
     // Metrics: reconciles and vault GETs counted; no resource name or value in them.
-    let (ok, metrics) = curl(&[
-        "--fail",
-        &format!("http://127.0.0.1:{metrics_port}/metrics"),
-    ]);
+    let (ok, metrics) = c.get("/metrics");
     assert!(ok, "{metrics}");
     assert!(
         metrics.contains("kvbridge_controller_reconciles_total{result=\"synced\"}"),
@@ -278,7 +327,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
         .delete("secret-sync", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("Secret deleted", &controller, || async {
+    eventually("Secret deleted", controller, || async {
         secret(&client, "akv-test", "my-secret-from-akv")
             .await
             .is_none()
@@ -301,6 +350,117 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     };
     assert!(status.success(), "{status}: {}", controller.log_tail(20));
     eprintln!("SIGTERM -> exit in {:?}", t0.elapsed());
+}
+
+/// Two replicas: one leads (holds the Lease and reconciles), the other stands by (ready, no
+/// reconcile); when the leader dies the other takes over within the lease duration and keeps
+/// the Secrets in sync; a clean shutdown releases the Lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leader_and_takeover() {
+    const NS: &str = "replicas";
+    const LEASE: &str = "kvbridge-controller";
+    let Some((cp, client)) = cluster(NS).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dev_vault(dir.path());
+    let lease = ["--lease-duration", "3s"];
+    let a = Controller::start(cp, &vault, dir.path(), NS, "replica-a", &lease);
+    eventually("replica-a leads", &a.child, || async {
+        (lease_holder(&client, NS, LEASE).await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    eventually("replica-a ready", &a.child, || async {
+        let (ok, body) = a.get("/readyz");
+        (ok && body == "ok").then_some(())
+    })
+    .await;
+    let b = Controller::start(cp, &vault, dir.path(), NS, "replica-b", &lease);
+    eventually("replica-b on standby", &b.child, || async {
+        let (ok, body) = b.get("/readyz");
+        (ok && body == "standby").then_some(())
+    })
+    .await;
+
+    let akvs = dir.path().join("akvs.yaml");
+    std::fs::write(
+        &akvs,
+        format!(
+            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: app, dataKey: value}}}}\n"
+        ),
+    )
+    .unwrap();
+    apply(cp, &akvs);
+    let s = eventually("Secret from the leader", &a.child, || {
+        secret(&client, NS, "app")
+    })
+    .await;
+    let managers: Vec<String> = s
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "kvbridge-controller"),
+        "{managers:?}"
+    );
+    // The follower reconciled nothing.
+    let (ok, metrics) = b.get("/metrics");
+    assert!(ok, "{metrics}");
+    assert!(
+        metrics.contains("kvbridge_controller_leader 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("kvbridge_controller_reconciles_total{"),
+        "{metrics}"
+    );
+    assert_eq!(
+        lease_holder(&client, NS, LEASE).await.as_deref(),
+        Some("replica-a")
+    );
+
+    // The leader dies without releasing: the follower takes over after the lease duration and
+    // picks up a new vault version.
+    a.child.kill();
+    let t0 = Instant::now();
+    eventually("replica-b leads", &b.child, || async {
+        (lease_holder(&client, NS, LEASE).await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    eprintln!(
+        "leader killed -> follower holds the lease after {:?} (lease 3 s)",
+        t0.elapsed()
+    );
+    vault.set_secret(VAULT, "my-secret", "after takeover");
+    eventually("Secret from the new leader", &b.child, || async {
+        let s = secret(&client, NS, "app").await?;
+        (data(&s)["value"] == b"after takeover").then_some(())
+    })
+    .await;
+    let (_, metrics) = b.get("/metrics");
+    assert!(
+        metrics.contains("kvbridge_controller_leader 1"),
+        "{metrics}"
+    );
+
+    // A clean shutdown releases the lease at once.
+    sigterm(b.child.pid());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = b.child.exited() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}: {}", b.child.log_tail(20));
+    assert_eq!(lease_holder(&client, NS, LEASE).await, None);
 }
 
 #[allow(unsafe_code)]

@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use controller::lease::{Elector, LeaseConfig};
 use controller::mapping::{KeyFormat, MapOptions};
 use controller::reconcile::Settings;
 use controller::run::{Health, Options, Runner};
@@ -87,6 +89,51 @@ pub struct Args {
     /// Serve no HTTP port.
     #[arg(long)]
     no_http: bool,
+    /// Elect a leader on a Lease so that several replicas are safe (only the leader
+    /// reconciles).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "kvbridge-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (in a pod: its own namespace through the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// A leader that stopped renewing is replaced after this long.
+    #[arg(long, default_value = "15s", value_parser = crate::cmd::parse_duration)]
+    lease_duration: Duration,
+}
+
+/// This replica's name in the Lease: the pod name, else host name and process id.
+fn replica_identity() -> String {
+    if let Ok(pod) = std::env::var("POD_NAME") {
+        if !pod.trim().is_empty() {
+            return pod.trim().to_string();
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kvbridge".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn signalled() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -165,26 +212,91 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         refresh = ?args.refresh_interval,
         "kvbridge controller starting"
     );
-    let runner = Runner::new(client, opts, metrics);
-    let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signalled().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    runner.run(health, shutdown).await;
+
+    let mut elector = args.leader_election.then(|| {
+        Elector::new(
+            client.clone(),
+            LeaseConfig {
+                name: args.lease_name.clone(),
+                namespace: args.lease_namespace.clone(),
+                identity: replica_identity(),
+                duration: args.lease_duration.max(Duration::from_secs(1)),
+            },
+        )
+    });
+    if let Some(el) = elector.as_mut() {
+        health.standby.store(true, Ordering::SeqCst);
+        tracing::info!(
+            lease = %format!("{}/{}", el.config().namespace, el.config().name),
+            identity = %el.config().identity,
+            "waiting for the leader lease"
+        );
+        tokio::select! {
+            _ = el.acquire() => {}
+            _ = stopped(stop_rx.clone()) => return Ok(()),
+        }
+        health.standby.store(false, Ordering::SeqCst);
+        tracing::info!(identity = %el.config().identity, "leading");
+    }
+    metrics.leader.set(1);
+
+    // The controller runs until a signal, or until this replica stops holding the lease.
+    let lost = Arc::new(AtomicBool::new(false));
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut keeper = {
+        let (lost, stop_rx) = (lost.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            match elector {
+                Some(mut el) => {
+                    tokio::select! {
+                        _ = el.keep() => lost.store(true, Ordering::SeqCst),
+                        _ = stopped(stop_rx) => {}
+                    }
+                    let _ = end_tx.send(());
+                    Some(el)
+                }
+                None => {
+                    stopped(stop_rx).await;
+                    let _ = end_tx.send(());
+                    None
+                }
+            }
+        })
+    };
+    let runner = Runner::new(client, opts, metrics.clone());
+    runner
+        .run(health, async move {
+            let _ = end_rx.await;
+        })
+        .await;
+    metrics.leader.set(0);
+    // The keeper ends right after it stopped the controller; if the controller ended on its
+    // own, the keeper is still waiting: stop it.
+    let elector = match tokio::time::timeout(Duration::from_secs(2), &mut keeper).await {
+        Ok(Ok(el)) => el,
+        _ => {
+            keeper.abort();
+            None
+        }
+    };
     for t in http {
         t.abort();
+    }
+    if lost.load(Ordering::SeqCst) {
+        anyhow::bail!("lost the leader lease; exiting so that this replica restarts as a follower");
+    }
+    if let Some(el) = elector {
+        if let Err(e) = el.release().await {
+            tracing::warn!(error = %e, "releasing the leader lease");
+        }
     }
     Ok(())
 }
