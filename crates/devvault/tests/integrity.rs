@@ -96,12 +96,7 @@ async fn temp_files_of_interrupted_saves_are_removed_at_start() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
-        .collect();
+    let leftovers = testenv::vault::temp_copies(dir.path());
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 

@@ -187,12 +187,7 @@ fn kill_9_during_saves_leaves_no_temp_copies() {
         &dir.path().join("restarted.log"),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let leftovers: Vec<String> = std::fs::read_dir(&state)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
-        .collect();
+    let leftovers = testenv::vault::temp_copies(&state);
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap())

@@ -176,21 +176,8 @@ async fn main() {
         let http = http.clone();
         let origin = origin.clone();
         async move {
-            let c: serde_json::Value = http
-                .get(format!("{origin}/admin/counters"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            c["counters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["operation"] == "GetSecret")
-                .map(|e| e["count"].as_u64().unwrap())
-                .sum::<u64>()
+            let c = testenv::vault::admin(&http, &origin, "GET", "/admin/counters", None).await;
+            testenv::vault::sum_counters(&c, |e| e["operation"] == "GetSecret")
         }
     };
     // Like the CSI driver, one gRPC connection to the provider carries every concurrent Mount.

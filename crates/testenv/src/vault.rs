@@ -242,6 +242,17 @@ fn access_token(body: &Value) -> String {
         .to_string()
 }
 
+/// The dev vault's temporary state copies (`.<name>.tmp-<pid>...`) left in `state`: after any
+/// save, crash or restart there must be none (each holds secret values).
+pub fn temp_copies(state: &Path) -> Vec<String> {
+    std::fs::read_dir(state)
+        .unwrap_or_else(|e| panic!("{}: {e}", state.display()))
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && n.contains(".tmp-"))
+        .collect()
+}
+
 /// `kvbridge dev-vault` as a child process (killed when dropped), started with
 /// `--listen 127.0.0.1:0` and ready once it wrote `STATE/ready.json` with its own pid (a file
 /// left by an earlier run of the same state does not count).
