@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
 use testenv::vault::{DevVaultProcess, EXAMPLE_CLIENT};
@@ -28,7 +30,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn seed() -> String {
+/// `sa_issuer_key`: the API server's service-account public key (workload identity).
+fn seed(sa_issuer_key: &Path) -> String {
+    let sa_issuer_key = sa_issuer_key.display();
     format!(
         r#"
 tenant: {TENANT}
@@ -46,18 +50,28 @@ vaults:
     accessPolicies:
       - {{identity: controller, secrets: [all], certificates: [all], keys: [all]}}
       - {{identity: {dev}, secrets: [all]}}
+  - name: team-vault
+    secrets:
+      - {{name: team-only, value: "team secret"}}
+    accessPolicies:
+      - {{identity: wi-client, secrets: [get]}}
 identities:
   - {{clientId: controller, secret: controller-secret}}
   - {{clientId: {dev}, secret: {dev_secret}}}
+  - clientId: wi-client
+    federatedCredentials:
+      - issuer: https://kubernetes.default.svc.cluster.local
+        subject: system:serviceaccount:rbac:app
+        issuerKey: {sa_issuer_key}
 "#,
         dev = EXAMPLE_CLIENT.0,
         dev_secret = EXAMPLE_CLIENT.1,
     )
 }
 
-fn dev_vault(dir: &Path) -> DevVaultProcess {
+fn dev_vault(cp: &testenv::ControlPlane, dir: &Path) -> DevVaultProcess {
     let seed_file = dir.join("seed.yaml");
-    std::fs::write(&seed_file, seed()).unwrap();
+    std::fs::write(&seed_file, seed(&cp.dir().join("service-account.pub"))).unwrap();
     DevVaultProcess::start(
         Path::new(kvbridge()),
         &dir.join("vault"),
@@ -160,10 +174,10 @@ impl Controller {
     /// `kvbridge controller` watching namespace `ns` only (tests in this file share one API
     /// server), its own credential a service principal from the environment.
     fn start(
-        cp: &testenv::ControlPlane,
+        kubeconfig: &Path,
         vault: &DevVaultProcess,
         dir: &Path,
-        ns: &str,
+        (ns, lease_ns): (&str, &str),
         name: &str,
         extra: &[&str],
     ) -> Controller {
@@ -171,12 +185,12 @@ impl Controller {
         let mut cmd = Command::new(kvbridge());
         cmd.arg("controller")
             .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
+            .arg(kubeconfig)
             .arg("--cloud-env-file")
             .arg(&vault.cloud_env_file)
             .arg("--ca-file")
             .arg(&vault.ca)
-            .args(["--namespace", ns, "--lease-namespace", ns])
+            .args(["--namespace", ns, "--lease-namespace", lease_ns])
             .args(["--refresh-interval", "2s", "--min-refresh-interval", "1s"])
             .args(["--managed-identity", "false", "--http-bind", "127.0.0.1"])
             .args(["--health-port", &health_port.to_string()])
@@ -236,9 +250,16 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let vault = dev_vault(dir.path());
+    let vault = dev_vault(cp, dir.path());
     let t_start = Instant::now();
-    let c = Controller::start(cp, &vault, dir.path(), "akv-test", "controller-a", &[]);
+    let c = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        ("akv-test", "akv-test"),
+        "controller-a",
+        &[],
+    );
     let controller = &c.child;
 
     // Ready once every watch listed.
@@ -363,9 +384,16 @@ async fn two_replicas_one_leader_and_takeover() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let vault = dev_vault(dir.path());
+    let vault = dev_vault(cp, dir.path());
     let lease = ["--lease-duration", "3s"];
-    let a = Controller::start(cp, &vault, dir.path(), NS, "replica-a", &lease);
+    let a = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        (NS, NS),
+        "replica-a",
+        &lease,
+    );
     eventually("replica-a leads", &a.child, || async {
         (lease_holder(&client, NS, LEASE).await.as_deref() == Some("replica-a")).then_some(())
     })
@@ -375,7 +403,14 @@ async fn two_replicas_one_leader_and_takeover() {
         (ok && body == "ok").then_some(())
     })
     .await;
-    let b = Controller::start(cp, &vault, dir.path(), NS, "replica-b", &lease);
+    let b = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        (NS, NS),
+        "replica-b",
+        &lease,
+    );
     eventually("replica-b on standby", &b.child, || async {
         let (ok, body) = b.get("/readyz");
         (ok && body == "standby").then_some(())
@@ -461,6 +496,129 @@ async fn two_replicas_one_leader_and_takeover() {
     };
     assert!(status.success(), "{status}: {}", b.child.log_tail(20));
     assert_eq!(lease_holder(&client, NS, LEASE).await, None);
+}
+
+/// deploy/controller.yaml's RBAC is enough: the controller runs with a token of its
+/// ServiceAccount (nothing else) and syncs, writes status and events, requests a workload
+/// identity token, restarts an opted-in Deployment and holds its Lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_manifest_rbac_is_sufficient() {
+    const NS: &str = "rbac";
+    let Some((cp, client)) = cluster(NS).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    apply(cp, &repo().join("deploy/controller.yaml"));
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), "kvbridge-system")
+        .create_subresource("token", "kvbridge-controller", &PostParams::default(), &req)
+        .await
+        .unwrap();
+    let token = token.status.unwrap().token.unwrap();
+    let kubeconfig = dir.path().join("sa.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: sa\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: sa\n  context: {{cluster: t, user: sa}}\ncurrent-context: sa\n",
+            cp.url(),
+            cp.ca_file().display()
+        ),
+    )
+    .unwrap();
+
+    let vault = dev_vault(cp, dir.path());
+    let c = Controller::start(
+        &kubeconfig,
+        &vault,
+        dir.path(),
+        (NS, "kvbridge-system"),
+        "controller-rbac",
+        &[],
+    );
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some("app".into()),
+            annotations: Some(BTreeMap::from([(
+                "azure.workload.identity/client-id".to_string(),
+                "wi-client".to_string(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let manifests = dir.path().join("rbac.yaml");
+    std::fs::write(
+        &manifests,
+        format!(
+            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: plain, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: plain, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: wi, namespace: {NS}}}\nspec:\n  vault:\n    name: team-vault\n    object: {{name: team-only, type: secret}}\n    identity: {{serviceAccount: {{name: app}}}}\n  output: {{secret: {{name: wi, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n"
+        ),
+    )
+    .unwrap();
+    apply(cp, &manifests);
+    for (name, value) in [("plain", "hello from the vault"), ("wi", "team secret")] {
+        eventually(name, &c.child, || async {
+            let s = secret(&client, NS, name).await?;
+            (data(&s)["value"] == value.as_bytes()).then_some(())
+        })
+        .await;
+    }
+    eventually("status Ready", &c.child, || async {
+        let a = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), NS)
+            .get("plain")
+            .await
+            .ok()?;
+        let ready = a
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (ready.status == "True").then_some(())
+    })
+    .await;
+    vault.set_secret(VAULT, "my-secret", "rotated for rbac");
+    eventually("Deployment restarted", &c.child, || async {
+        let d: Deployment = Api::namespaced(client.clone(), NS).get("web").await.ok()?;
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("kvbridge.io/secrets-hash")
+            .map(|_| ())
+    })
+    .await;
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(["-n", NS, "get", "events.events.k8s.io", "-o", "json"])
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(events.contains("RolloutTriggered"), "{events}");
+    assert_eq!(
+        lease_holder(&client, "kvbridge-system", "kvbridge-controller")
+            .await
+            .as_deref(),
+        Some("controller-rbac")
+    );
+    let log = std::fs::read_to_string(c.child.log_path()).unwrap();
+    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.child.pid())).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or_default()
+        .to_string();
+    eprintln!("controller after the RBAC scenario: {rss}");
 }
 
 #[allow(unsafe_code)]
