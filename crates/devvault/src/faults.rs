@@ -26,6 +26,10 @@ pub struct FaultConfig {
     pub budget: Option<Budget>,
     #[serde(default)]
     pub scope: FaultScope,
+    /// Seed for the fault decisions (429/5xx/drops): with a seed the sequence of decisions is
+    /// the same on every run, so a test that fails can be replayed; without one it is random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 fn default_retry_after() -> u64 {
@@ -83,13 +87,26 @@ pub enum Injected {
 pub struct Faults {
     config: Mutex<FaultConfig>,
     windows: Mutex<HashMap<String, (Instant, u64)>>,
+    /// The seeded generator when the configuration has a seed.
+    rng: Mutex<Option<fastrand::Rng>>,
 }
 
 impl Faults {
     pub fn new(config: FaultConfig) -> Self {
+        let rng = config.seed.map(fastrand::Rng::with_seed);
         Self {
             config: Mutex::new(config),
             windows: Mutex::new(HashMap::new()),
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// A number in [0, 1): from the seeded generator if there is one, else random.
+    fn unit(&self) -> f64 {
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        match rng.as_mut() {
+            Some(r) => r.f64(),
+            None => crate::ids::random_unit(),
         }
     }
 
@@ -98,6 +115,8 @@ impl Faults {
     }
 
     pub fn set(&self, config: FaultConfig) {
+        *self.rng.lock().unwrap_or_else(|p| p.into_inner()) =
+            config.seed.map(fastrand::Rng::with_seed);
         if let Ok(mut c) = self.config.lock() {
             *c = config;
         }
@@ -109,7 +128,7 @@ impl Faults {
     /// Decides whether to drop the connection of a request.
     pub fn should_drop(&self, data_plane: bool) -> bool {
         let c = self.get();
-        c.applies(data_plane) && c.drop_rate > 0.0 && crate::ids::random_unit() < c.drop_rate
+        c.applies(data_plane) && c.drop_rate > 0.0 && self.unit() < c.drop_rate
     }
 
     pub fn latency(&self, data_plane: bool) -> Option<Duration> {
@@ -123,7 +142,7 @@ impl Faults {
         if !c.applies(data_plane) {
             return None;
         }
-        let r = crate::ids::random_unit();
+        let r = self.unit();
         if r < c.rate_429 {
             return Some(Injected::Throttle {
                 retry_after_secs: c.retry_after_secs,

@@ -126,3 +126,35 @@ async fn faults_at_start() {
     let (s, h, _) = dv.kv_full("GET", "/secrets/a/", &t, None).await;
     assert_eq!((s, h["retry-after"].to_str().unwrap()), (429, "7"));
 }
+
+/// With a seed, the fault decisions repeat exactly: the same sequential requests meet the same
+/// 503s and dropped connections on every run (and after the seed is set again).
+#[tokio::test]
+async fn seeded_faults_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let dv = common::start(dir.path(), None).await;
+    let t = dv.token("kvbridge-dev", "kvbridge-dev-secret").await;
+    assert_eq!(
+        dv.kv("PUT", "/secrets/a", &t, Some(json!({"value": "1"})))
+            .await
+            .0,
+        200
+    );
+    let faults = json!({"rate_503": 0.3, "drop_rate": 0.2, "seed": 424242});
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        dv.admin("PUT", "/admin/faults", Some(faults.clone())).await;
+        let mut outcomes = Vec::new();
+        for _ in 0..40 {
+            let url = format!("{}/secrets/a/?api-version=7.4", dv.origin);
+            let r = dv.http.get(url).bearer_auth(&t).send().await;
+            outcomes.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+        }
+        runs.push(outcomes);
+    }
+    dv.admin("PUT", "/admin/faults", Some(json!({}))).await;
+    assert_eq!(runs[0], runs[1]);
+    for want in [0, 200, 503] {
+        assert!(runs[0].contains(&want), "{want} in {:?}", runs[0]);
+    }
+}

@@ -33,7 +33,7 @@ async fn thousand_reads_under_fault_injection() {
         },
     )
     .unwrap();
-    env.set_faults(json!({"rate_429": 0.3, "retry_after_secs": 1, "rate_503": 0.1, "latency_ms": 200, "drop_rate": 0.05})).await;
+    env.set_faults(json!({"rate_429": 0.3, "retry_after_secs": 1, "rate_503": 0.1, "latency_ms": 200, "drop_rate": 0.05, "seed": 20261130})).await;
     env.reset_counters().await;
     let start = Instant::now();
     let vault = env.vault();
