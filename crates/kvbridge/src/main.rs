@@ -28,6 +28,8 @@ enum Command {
     Controller(cmd::controller::Args),
     /// The azure/kv FlexVolume driver: init | mount DIR JSON | unmount DIR.
     Flexvolume(cmd::flexvolume::Args),
+    /// Resolve `<name>@azurekeyvault[?query]` environment placeholders, then exec the command.
+    Env(cmd::env::Args),
 }
 
 fn init_tracing() {
@@ -44,6 +46,11 @@ fn main() -> std::process::ExitCode {
     init_tracing();
     // One TLS provider for the whole process (ring), installed before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = match cli.command {
+        // Its own runtime, shut down before the exec.
+        Command::Env(args) => return cmd::env::run(args),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -56,12 +63,14 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match cli {
             Command::DevVault(args) => cmd::dev_vault::run(args).await,
             Command::Mount(args) => cmd::mount::run(args).await,
             Command::Provider(args) => cmd::provider::run(args).await,
             Command::Flexvolume(args) => cmd::flexvolume::run(args).await,
             Command::Controller(args) => cmd::controller::run(args).await,
+            // Handled before this runtime exists.
+            Command::Env(_) => Err(anyhow::anyhow!("kvbridge env runs without this runtime")),
         }
     });
     match result {

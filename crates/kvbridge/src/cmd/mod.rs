@@ -6,6 +6,7 @@ pub mod dev_vault;
 #[cfg(not(feature = "dev-vault"))]
 #[path = "no_dev_vault.rs"]
 pub mod dev_vault;
+pub mod env;
 pub mod flexvolume;
 pub mod mount;
 pub mod provider;

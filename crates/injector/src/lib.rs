@@ -1,0 +1,14 @@
+//! `kvbridge-injector`: Key Vault values injected at container start, nothing stored in
+//! Kubernetes.
+//!
+//! - [`placeholder`]: `<akvs-name>@azurekeyvault[?<query>]` (akv2k8s's syntax);
+//! - [`spec`]: what the webhook hands a container ([`spec::SPEC_ENV`]), so that the container
+//!   needs no Kubernetes API access;
+//! - [`query`]: which value a query selects (through the controller's mapping);
+//! - [`env`]: `kvbridge env`, resolving every placeholder concurrently and `exec`ing the command
+//!   with the values in its environment only.
+
+pub mod env;
+pub mod placeholder;
+pub mod query;
+pub mod spec;
