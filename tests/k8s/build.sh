@@ -3,6 +3,8 @@
 #   kube-apiserver  (k8s.io/kubernetes)            tests/k8s/kube-apiserver
 #   etcd            (go.etcd.io/etcd/server/v3)    tests/k8s/etcd
 #   secrets-store-csi-driver + its CRDs            tests/k8s/secrets-store-csi-driver
+#   helm (chart lint/template tests)               tests/k8s/helm
+#   the ServiceMonitor CRD (prometheus-operator module, YAML only) into crds-monitoring/
 # into a cache directory outside the repository:
 #   ${KVBRIDGE_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvbridge-testenv}/<versions>/{bin,crds}
 # Already built binaries (same go.mod/go.sum/main.go/flags/Go version) are skipped.
@@ -143,6 +145,26 @@ csi_dir="$(go -C "$here/secrets-store-csi-driver" list -m -f '{{.Dir}}' sigs.k8s
 cp -f "$csi_dir"/config/crd/bases/*.yaml "$root/crds/"
 chmod u+w "$root"/crds/*.yaml
 
+sync_module helm helm.sh/helm/v3 "$HELM_VERSION"
+# As helm's Makefile: the Kubernetes version `helm template` and `helm lint` assume is the one of
+# the client-go it is built with (v0.N.P -> 1.N), not the v1.20 compiled in.
+helm_k8s_minor="$(go -C "$here/helm" list -m -f '{{.Version}}' k8s.io/client-go | cut -d. -f2)"
+ldflags="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$helm_k8s_minor"
+done
+build helm helm helm.sh/helm/v3/cmd/helm "$ldflags"
+
+# The ServiceMonitor CRD, so that the chart's ServiceMonitors are validated by the real API
+# server: the YAML the Prometheus Operator's Go module ships (nothing is built from it).
+po_dir="$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
+[ -d "$po_dir" ] || { echo "build.sh: could not download the prometheus-operator module" >&2; exit 1; }
+mkdir -p "$root/crds-monitoring"
+cp -f "$po_dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" "$root/crds-monitoring/"
+chmod u+w "$root"/crds-monitoring/*.yaml
+
 sync_kube_apiserver
 v="k8s.io/component-base/version"
 cv="k8s.io/client-go/pkg/version"
@@ -154,5 +176,5 @@ done
 build kube-apiserver kube-apiserver . "${ldflags# }"
 
 echo "control plane binaries ready in $((SECONDS - total_start))s (anything built: $built_any)"
-echo "CRDs: $(cd "$root/crds" && echo *.yaml)"
+echo "CRDs: $(cd "$root/crds" && echo *.yaml) crds-monitoring/$(cd "$root/crds-monitoring" && echo *.yaml)"
 echo "export KVBRIDGE_TESTENV_DIR=$root"

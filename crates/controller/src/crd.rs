@@ -374,7 +374,8 @@ pub fn crd() -> CustomResourceDefinition {
     crd
 }
 
-/// [`crd`] as the YAML kept in `deploy/crds/azurekeyvaultsecret.yaml`.
+/// [`crd`] as the YAML kept in `deploy/helm/kvbridge/files/crds/azurekeyvaultsecret.yaml`
+/// (the Helm chart renders it from there).
 pub fn crd_yaml() -> String {
     let body = serde_yaml_ng::to_string(&crd()).unwrap_or_default();
     format!(
@@ -416,7 +417,7 @@ mod tests {
     #[test]
     fn crd_yaml_in_deploy_is_current() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/crds/azurekeyvaultsecret.yaml");
+            .join("../../deploy/helm/kvbridge/files/crds/azurekeyvaultsecret.yaml");
         let want = crd_yaml();
         if std::env::var_os("KVBRIDGE_UPDATE_CRDS").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();

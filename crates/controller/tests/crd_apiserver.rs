@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostParams};
 
 fn crd_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/kvbridge/files/crds")
 }
 
 fn fixtures() -> PathBuf {

@@ -86,7 +86,7 @@ async fn start() -> Option<Env> {
     let client = cp.client().await.expect("client");
     cp.install_crds(
         &client,
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/kvbridge/files/crds"),
     )
     .await
     .expect("CRD");

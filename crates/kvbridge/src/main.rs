@@ -41,9 +41,29 @@ fn init_tracing() {
         .init();
 }
 
+/// The command line, with the multi-call rule applied: installed as `<plugin dir>/azure~kv/kv`
+/// (`kvbridge flexvolume --install`), kubelet runs `kv init|mount|unmount ...`, which is
+/// `kvbridge flexvolume init|mount|unmount ...`.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n == cmd::flexvolume::DRIVER_NAME)
+        .unwrap_or(false);
+    if invoked_as {
+        args.insert(1, "flexvolume".into());
+    }
+    args
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    init_tracing();
+    let cli = Cli::parse_from(args());
+    // kubelet parses a FlexVolume driver's stdout and stderr together as one JSON status.
+    let quiet = matches!(&cli.command, Command::Flexvolume(a) if a.is_driver_call());
+    if !quiet {
+        init_tracing();
+    }
     // One TLS provider for the whole process (ring), installed before any TLS use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match cli.command {
@@ -57,6 +77,13 @@ fn main() -> std::process::ExitCode {
         .build()
     {
         Ok(rt) => rt,
+        Err(e) if quiet => {
+            let status = provider::flexvolume::Status::failure(format!(
+                "cannot start the async runtime: {e}"
+            ));
+            println!("{}", status.to_json());
+            return std::process::ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("kvbridge: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
@@ -76,7 +103,9 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kvbridge: {e:#}");
+            if !quiet {
+                eprintln!("kvbridge: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -142,7 +142,7 @@ async fn cluster(ns: &str) -> Option<(&'static testenv::ControlPlane, kube::Clie
     let cp = testenv::control_plane().await?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = cp.client().await.unwrap();
-    cp.install_crds(&client, &repo().join("deploy/crds"))
+    cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
         .await
         .unwrap();
     let namespace = Namespace {

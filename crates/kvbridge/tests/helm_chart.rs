@@ -1,0 +1,569 @@
+//! The Helm chart `deploy/helm/kvbridge` (the one source of kvbridge's Kubernetes manifests):
+//! `helm lint --strict` and `helm template` pass for the default values and for each component
+//! alone; the values schema refuses what the chart does not read; the rendered DaemonSets run the
+//! real binary with exactly their arguments (the provider serves its socket and health port, the
+//! FlexVolume installer installs a driver kubelet can call); and every rendered object is accepted
+//! by the real kube-apiserver (`kubectl apply --server-side`, CRDs Established).
+//!
+//! helm is built from its Go module by tests/k8s/build.sh, next to the control plane.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeSet;
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+fn kvbridge() -> &'static str {
+    env!("CARGO_BIN_EXE_kvbridge")
+}
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/kvbridge")
+}
+
+/// helm from tests/k8s/build.sh, or `None` (test skipped, announced) when it is missing and
+/// `KVBRIDGE_TESTENV=off`, as for the control plane.
+fn helm() -> Option<PathBuf> {
+    let path = testenv::Layout::locate().bin("helm");
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("KVBRIDGE_TESTENV").as_deref() == Ok("off") {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** SKIPPED (KVBRIDGE_TESTENV=off): {} is missing; run `bash tests/k8s/build.sh` ***\n",
+            path.display()
+        );
+        return None;
+    }
+    panic!(
+        "{} is missing: run `bash tests/k8s/build.sh` (it builds helm from its Go module)",
+        path.display()
+    );
+}
+
+/// The component combinations the chart must support: `--set` values for each.
+const SCENARIOS: &[(&str, &[&str])] = &[
+    ("default", &[]),
+    ("provider", &["crds.install=false"]),
+    (
+        "flexvolume",
+        &[
+            "linux.enabled=false",
+            "crds.install=false",
+            "flexvolume.enabled=true",
+        ],
+    ),
+    ("crds", &["linux.enabled=false"]),
+    (
+        "all",
+        &[
+            "flexvolume.enabled=true",
+            "global.metrics.serviceMonitor.enabled=true",
+            "writeCertAndKeyInSeparateFiles=true",
+            "global.logLevel=debug",
+        ],
+    ),
+];
+
+/// (kind, name) of every object a scenario must render, for release `r`.
+fn expected(scenario: &str) -> BTreeSet<(String, String)> {
+    let provider = [
+        ("ServiceAccount", "r-kvbridge-provider"),
+        ("DaemonSet", "r-kvbridge-provider"),
+    ];
+    let flexvolume = [
+        ("ServiceAccount", "r-kvbridge-flexvolume"),
+        ("DaemonSet", "r-kvbridge-flexvolume"),
+    ];
+    let crds = [("CustomResourceDefinition", "azurekeyvaultsecrets.spv.no")];
+    let metrics = [
+        ("Service", "r-kvbridge-provider-metrics"),
+        ("ServiceMonitor", "r-kvbridge-provider"),
+    ];
+    let parts: Vec<&[(&str, &str)]> = match scenario {
+        "default" => vec![&provider, &crds],
+        "provider" => vec![&provider],
+        "flexvolume" => vec![&flexvolume],
+        "crds" => vec![&crds],
+        "all" => vec![&provider, &crds, &flexvolume, &metrics],
+        other => panic!("unknown scenario {other}"),
+    };
+    parts
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| (k.to_string(), n.to_string()))
+        .collect()
+}
+
+fn set_args(sets: &[&str]) -> Vec<String> {
+    sets.iter()
+        .flat_map(|s| ["--set".to_string(), s.to_string()])
+        .collect()
+}
+
+/// `helm template <release> <chart> -n <ns> --set ...`: the documents, or helm's error output.
+fn template(helm: &Path, release: &str, ns: &str, sets: &[&str]) -> Result<String, String> {
+    let out = Command::new(helm)
+        .args(["template", release])
+        .arg(chart())
+        .args(["--namespace", ns])
+        .args(set_args(sets))
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn render(helm: &Path, sets: &[&str]) -> Vec<Value> {
+    docs(&template(helm, "r", "kube-system", sets).unwrap_or_else(|e| panic!("{sets:?}: {e}")))
+}
+
+fn find<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    all.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn lint_and_template_pass_for_the_defaults_and_each_component_alone() {
+    let Some(helm) = helm() else { return };
+    for (name, sets) in SCENARIOS {
+        let out = Command::new(&helm)
+            .args(["lint", "--strict"])
+            .arg(chart())
+            .args(set_args(sets))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "helm lint --strict ({name}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all = render(&helm, sets);
+        let have: BTreeSet<(String, String)> = all
+            .iter()
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap().to_string(),
+                    d["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(have, expected(name), "objects rendered for {name}");
+        for d in &all {
+            let labels = &d["metadata"]["labels"];
+            assert_eq!(labels["app.kubernetes.io/part-of"], "kvbridge", "{d:?}");
+            assert_eq!(labels["app.kubernetes.io/instance"], "r");
+            if d["kind"] != "CustomResourceDefinition" {
+                assert_eq!(d["metadata"]["namespace"], "kube-system");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_values_schema_refuses_what_the_chart_does_not_read() {
+    let Some(helm) = helm() else { return };
+    for (sets, mentions) in [
+        // The Azure chart's per-OS image: kvbridge has one image (`image.*`).
+        (
+            &["linux.image.repository=mcr.example/provider-azure"][..],
+            "image",
+        ),
+        // Azure chart values kvbridge has no equivalent for.
+        (&["linux.customUserAgent=x"][..], "customUserAgent"),
+        (&["logFormatJSON=true"][..], "logFormatJSON"),
+        (&["linux.healthzPort=0"][..], "healthzPort"),
+        (&["image.digest=latest"][..], "digest"),
+        (&["linux.cacheTTL=soon"][..], "cacheTTL"),
+        (&["flexvolume.pluginDir=relative/dir"][..], "pluginDir"),
+        (&["nonsense=1"][..], "nonsense"),
+    ] {
+        let err = template(&helm, "r", "kube-system", sets)
+            .expect_err(&format!("{sets:?} must be refused"));
+        assert!(
+            err.contains("schema") && err.contains(mentions),
+            "{sets:?}: {err}"
+        );
+    }
+    // The image: a digest pins it, else the tag, else the chart's appVersion.
+    let image = |sets: &[&str]| {
+        let all = render(&helm, sets);
+        find(&all, "DaemonSet", "r-kvbridge-provider")["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(image(&[]), format!("ghcr.io/kvbridge/kvbridge:{version}"));
+    assert_eq!(
+        image(&["image.repository=127.0.0.1:5000/kvbridge", "image.tag=dev"]),
+        "127.0.0.1:5000/kvbridge:dev"
+    );
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(
+        image(&["image.tag=dev", &format!("image.digest={digest}")]),
+        format!("ghcr.io/kvbridge/kvbridge@{digest}")
+    );
+}
+
+/// Asks the health port until it answers 200 (or the process exits or time runs out).
+fn healthz_ok(port: u16, child: &mut std::process::Child) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(30) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut reply = String::new();
+            let _ = s.read_to_string(&mut reply);
+            if reply.starts_with("HTTP/1.1 200") {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The provider DaemonSet runs `kvbridge provider` with exactly its rendered arguments (only
+/// the container paths and ports moved into a temporary directory / free ports): the process
+/// starts, serves the socket where the driver looks, answers the probes' health port; the
+/// resources cover the measured peak and no API access is granted.
+#[test]
+fn provider_daemonset_runs_the_binary_with_its_arguments() {
+    let Some(helm) = helm() else { return };
+    for sets in [
+        &[][..],
+        &[
+            "writeCertAndKeyInSeparateFiles=true",
+            "constructPEMChain=false",
+            "linux.cacheTTL=0s",
+            "linux.rateLimit=0",
+            "linux.extraArgs={--max-concurrent-mounts=8}",
+        ][..],
+    ] {
+        let all = render(&helm, sets);
+        let ds = find(&all, "DaemonSet", "r-kvbridge-provider");
+        let spec = &ds["spec"]["template"]["spec"];
+        let c = &spec["containers"][0];
+        let args = strings(&c["args"]);
+        assert_eq!(args[0], "provider");
+
+        // The socket directory is the host path the driver scans, named <provider>.sock.
+        let endpoint = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--endpoint=unix://"))
+            .unwrap()
+            .to_string();
+        assert!(endpoint.ends_with("/azure.sock"), "{endpoint}");
+        let sock_dir = Path::new(&endpoint).parent().unwrap().to_str().unwrap();
+        let mount = c["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == sock_dir)
+            .expect("socket dir mounted");
+        let vol = spec["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert_eq!(
+            vol["hostPath"]["path"],
+            "/var/run/secrets-store-csi-providers"
+        );
+
+        // Probes hit the health port given on the command line.
+        let healthz: u16 = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--healthz-port="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let probe_port = c["livenessProbe"]["httpGet"]["port"].as_str().unwrap();
+        let port = c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == probe_port)
+            .unwrap();
+        assert_eq!(port["containerPort"].as_u64(), Some(u64::from(healthz)));
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
+
+        // Run it: the rendered arguments with the socket and cloud directory moved into a
+        // temporary directory and the ports moved to free ones.
+        let tmp = tempfile::tempdir().unwrap();
+        let cloud_dir = tmp.path().join("etc-kubernetes");
+        std::fs::create_dir(&cloud_dir).unwrap();
+        let (hz, metrics) = (free_port(), free_port());
+        let run_args: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.starts_with("--endpoint=") {
+                    format!(
+                        "--endpoint=unix://{}",
+                        tmp.path().join("azure.sock").display()
+                    )
+                } else if a.starts_with("--healthz-port=") {
+                    format!("--healthz-port={hz}")
+                } else if a.starts_with("--metrics-port=") {
+                    format!("--metrics-port={metrics}")
+                } else if a.starts_with("--cloud-env-dir=") {
+                    format!("--cloud-env-dir={}", cloud_dir.display())
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let mut child = Command::new(kvbridge())
+            .args(&run_args)
+            .env("KVBRIDGE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ok = healthz_ok(hz, &mut child);
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            ok,
+            "kvbridge {run_args:?} did not serve /healthz: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(tmp.path().join("azure.sock").exists(), "socket created");
+
+        // Sized from the benchmark: 17.3 MiB peak under 100 concurrent 100-object mounts.
+        let mib = |q: &Value| -> f64 {
+            let q = q.as_str().unwrap();
+            let n: f64 = q.trim_end_matches("Mi").parse().unwrap();
+            assert!(q.ends_with("Mi"), "{q}");
+            n
+        };
+        let req = mib(&c["resources"]["requests"]["memory"]);
+        let lim = mib(&c["resources"]["limits"]["memory"]);
+        assert!(
+            req >= 20.0 && lim >= 2.0 * req,
+            "request {req} Mi, limit {lim} Mi"
+        );
+
+        // No API access is needed: no token, no roles.
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert!(!all.iter().any(|d| matches!(
+            d["kind"].as_str(),
+            Some("ClusterRole" | "Role" | "ClusterRoleBinding" | "RoleBinding")
+        )));
+    }
+}
+
+/// The FlexVolume DaemonSet's container, run with its rendered arguments against a temporary
+/// plugin directory, installs `azure~kv/kv`; kubelet's calls of that file (which read stdout
+/// and stderr together as one JSON document) get exactly one JSON status.
+#[test]
+fn flexvolume_installer_installs_a_driver_kubelet_can_call() {
+    let Some(helm) = helm() else { return };
+    let all = render(
+        &helm,
+        &[
+            "flexvolume.enabled=true",
+            "flexvolume.pluginDir=/etc/kubernetes/volumeplugins",
+        ],
+    );
+    let ds = find(&all, "DaemonSet", "r-kvbridge-flexvolume");
+    let spec = &ds["spec"]["template"]["spec"];
+    let c = &spec["containers"][0];
+    let args = strings(&c["args"]);
+    assert_eq!(args, ["flexvolume", "--install=/flexmnt", "--wait"]);
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/flexmnt");
+    assert_eq!(
+        spec["volumes"][0]["hostPath"]["path"],
+        "/etc/kubernetes/volumeplugins"
+    );
+    assert_eq!(spec["automountServiceAccountToken"], false);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let run_args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--wait")
+        .map(|a| a.replace("/flexmnt", tmp.path().to_str().unwrap()))
+        .collect();
+    // An older driver is replaced (kubelet may be running it: rename, never overwrite in place).
+    std::fs::create_dir(tmp.path().join("azure~kv")).unwrap();
+    std::fs::write(tmp.path().join("azure~kv/kv"), b"old").unwrap();
+    let out = Command::new(kvbridge()).args(&run_args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let driver = tmp.path().join("azure~kv/kv");
+    let meta = std::fs::metadata(&driver).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::read(&driver).unwrap(),
+        std::fs::read(kvbridge()).unwrap()
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path().join("azure~kv"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers, ["kv"], "no temporary file left");
+
+    // kubelet: `kv init`, and a failing `kv mount` (bad JSON) with stderr merged into stdout.
+    let combined = |args: &[&str]| -> (bool, serde_json::Value) {
+        let out = Command::new(&driver)
+            .args(args)
+            .env("KVBRIDGE_LOG", "trace")
+            .output()
+            .unwrap();
+        let mut all = out.stdout.clone();
+        all.extend_from_slice(&out.stderr);
+        let text = String::from_utf8(all).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("kubelet could not parse {text:?}: {e}"));
+        (out.status.success(), v)
+    };
+    let (ok, init) = combined(&["init"]);
+    assert!(ok);
+    assert_eq!(init["status"], "Success");
+    assert_eq!(init["capabilities"]["attach"], false);
+    let target = tmp.path().join("pod-volume");
+    let (ok, failed) = combined(&["mount", target.to_str().unwrap(), "{not json"]);
+    assert!(!ok);
+    assert_eq!(failed["status"], "Failure");
+    let (ok, unsupported) = combined(&["getvolumename", "{}"]);
+    assert!(!ok);
+    assert_eq!(unsupported["status"], "Not supported");
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl (Debian package kubectl) is installed");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Every object of every scenario is accepted by the real kube-apiserver: server-side apply
+/// (strict field validation: an unknown or misplaced field is an error), the CRDs become
+/// Established, and a second apply changes nothing (the manifests are stable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_manifests_are_accepted_by_the_real_api_server() {
+    let Some(helm) = helm() else { return };
+    let Some(cp) = testenv::control_plane().await else {
+        return;
+    };
+    let client = cp.client().await.unwrap();
+    // ServiceMonitor (Prometheus Operator), from tests/k8s/build.sh.
+    cp.install_crds(&client, &cp.layout().root.join("crds-monitoring"))
+        .await
+        .unwrap();
+    for (name, sets) in SCENARIOS {
+        let ns = cp
+            .namespace(&client, &format!("helm-{name}"))
+            .await
+            .unwrap();
+        let release = format!("{name}-{}", &ns[ns.len() - 5..]);
+        let yaml = template(&helm, &release, &ns, sets).unwrap();
+        let n = docs(&yaml).len();
+        for round in 0..2 {
+            let (ok, out) = kubectl(
+                cp.kubeconfig(),
+                &[
+                    "apply",
+                    "--server-side",
+                    "--field-manager=helm-chart-test",
+                    "-f",
+                    "-",
+                ],
+                Some(&yaml),
+            );
+            assert!(ok, "{name}: kubectl apply --server-side: {out}");
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), n, "{name}: one line per object: {out}");
+            if round == 1 {
+                assert!(
+                    lines.iter().all(|l| l.ends_with("serverside-applied")),
+                    "{name}: {out}"
+                );
+            }
+        }
+        if expected(name)
+            .iter()
+            .any(|(kind, _)| kind == "CustomResourceDefinition")
+        {
+            let (ok, out) = kubectl(
+                cp.kubeconfig(),
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    "crd/azurekeyvaultsecrets.spv.no",
+                ],
+                None,
+            );
+            assert!(ok, "{out}");
+        }
+    }
+}
