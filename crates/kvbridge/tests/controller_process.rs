@@ -498,7 +498,7 @@ async fn two_replicas_one_leader_and_takeover() {
     assert_eq!(lease_holder(&client, NS, LEASE).await, None);
 }
 
-/// deploy/controller.yaml's RBAC is enough: the controller runs with a token of its
+/// The Helm chart's controller RBAC is enough: the controller runs with a token of its
 /// ServiceAccount (nothing else) and syncs, writes status and events, requests a workload
 /// identity token, restarts an opted-in Deployment and holds its Lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,7 +508,42 @@ async fn deploy_manifest_rbac_is_sufficient() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    apply(cp, &repo().join("deploy/controller.yaml"));
+    // The chart's controller objects (release `kvbridge` in kvbridge-system), rendered by helm
+    // from tests/k8s/build.sh.
+    let helm = testenv::Layout::locate().bin("helm");
+    let rendered = Command::new(&helm)
+        .args(["template", "kvbridge"])
+        .arg(repo().join("deploy/helm/kvbridge"))
+        .args(["--namespace", "kvbridge-system"])
+        .args([
+            "--set",
+            "linux.enabled=false,crds.install=false,controller.enabled=true",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (run tests/k8s/build.sh)", helm.display()));
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let chart = dir.path().join("chart.yaml");
+    std::fs::write(&chart, &rendered.stdout).unwrap();
+    let system = Namespace {
+        metadata: ObjectMeta {
+            name: Some("kvbridge-system".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &system)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("namespace kvbridge-system: {e}"),
+    }
+    apply(cp, &chart);
     let req = TokenRequest {
         spec: Some(TokenRequestSpec {
             expiration_seconds: Some(3600),

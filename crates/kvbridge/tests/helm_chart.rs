@@ -63,9 +63,18 @@ const SCENARIOS: &[(&str, &[&str])] = &[
     ),
     ("crds", &["linux.enabled=false"]),
     (
+        "controller",
+        &[
+            "linux.enabled=false",
+            "crds.install=false",
+            "controller.enabled=true",
+        ],
+    ),
+    (
         "all",
         &[
             "flexvolume.enabled=true",
+            "controller.enabled=true",
             "global.metrics.serviceMonitor.enabled=true",
             "writeCertAndKeyInSeparateFiles=true",
             "global.logLevel=debug",
@@ -84,6 +93,18 @@ fn expected(scenario: &str) -> BTreeSet<(String, String)> {
         ("DaemonSet", "r-kvbridge-flexvolume"),
     ];
     let crds = [("CustomResourceDefinition", "azurekeyvaultsecrets.spv.no")];
+    let controller = [
+        ("ServiceAccount", "r-kvbridge-controller"),
+        ("ClusterRole", "r-kvbridge-controller"),
+        ("ClusterRoleBinding", "r-kvbridge-controller"),
+        ("Role", "r-kvbridge-controller-lease"),
+        ("RoleBinding", "r-kvbridge-controller-lease"),
+        ("Deployment", "r-kvbridge-controller"),
+    ];
+    let controller_metrics = [
+        ("Service", "r-kvbridge-controller-metrics"),
+        ("ServiceMonitor", "r-kvbridge-controller"),
+    ];
     let metrics = [
         ("Service", "r-kvbridge-provider-metrics"),
         ("ServiceMonitor", "r-kvbridge-provider"),
@@ -93,7 +114,15 @@ fn expected(scenario: &str) -> BTreeSet<(String, String)> {
         "provider" => vec![&provider],
         "flexvolume" => vec![&flexvolume],
         "crds" => vec![&crds],
-        "all" => vec![&provider, &crds, &flexvolume, &metrics],
+        "controller" => vec![&controller],
+        "all" => vec![
+            &provider,
+            &crds,
+            &flexvolume,
+            &metrics,
+            &controller,
+            &controller_metrics,
+        ],
         other => panic!("unknown scenario {other}"),
     };
     parts
@@ -181,7 +210,10 @@ fn lint_and_template_pass_for_the_defaults_and_each_component_alone() {
             let labels = &d["metadata"]["labels"];
             assert_eq!(labels["app.kubernetes.io/part-of"], "kvbridge", "{d:?}");
             assert_eq!(labels["app.kubernetes.io/instance"], "r");
-            if d["kind"] != "CustomResourceDefinition" {
+            if !matches!(
+                d["kind"].as_str(),
+                Some("CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding")
+            ) {
                 assert_eq!(d["metadata"]["namespace"], "kube-system");
             }
         }
@@ -566,4 +598,86 @@ async fn rendered_manifests_are_accepted_by_the_real_api_server() {
             assert!(ok, "{out}");
         }
     }
+}
+
+/// The controller Deployment agrees with `kvbridge controller`: every flag it passes is one the
+/// binary accepts, the probes hit the health port, the Lease namespace comes from the downward
+/// API and the Lease Role lives there, two replicas (leader election), memory sized from the
+/// measured figure. (Its RBAC is tested by running the controller with the chart's
+/// ServiceAccount token: controller_process.rs.)
+#[test]
+fn controller_deployment_matches_the_cli() {
+    let Some(helm) = helm() else { return };
+    let all = render(&helm, &["controller.enabled=true"]);
+    let d = find(&all, "Deployment", "r-kvbridge-controller");
+    assert_eq!(d["spec"]["replicas"].as_u64(), Some(2));
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let args = strings(&c["args"]);
+    assert_eq!(args[0], "controller");
+    let help = Command::new(kvbridge())
+        .args(["controller", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{flag} is not a `kvbridge controller` flag"
+        );
+    }
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} not set"))
+            .to_string()
+    };
+    let port_of = |name: &Value| {
+        c["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| &p["name"] == name)
+            .unwrap()["containerPort"]
+            .as_u64()
+            .unwrap()
+            .to_string()
+    };
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            port_of(&c[probe]["httpGet"]["port"]),
+            flag("--health-port"),
+            "{probe}"
+        );
+    }
+    assert_eq!(port_of(&Value::from("metrics")), flag("--metrics-port"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(flag("--lease-name"), "r-kvbridge-controller");
+    let env = c["env"].as_sequence().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "POD_NAMESPACE"
+        && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
+    let role = find(&all, "Role", "r-kvbridge-controller-lease");
+    assert_eq!(role["metadata"]["namespace"], d["metadata"]["namespace"]);
+    let sa = d["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    for binding in [
+        find(&all, "RoleBinding", "r-kvbridge-controller-lease"),
+        find(&all, "ClusterRoleBinding", "r-kvbridge-controller"),
+    ] {
+        assert_eq!(binding["subjects"][0]["name"], sa);
+        assert_eq!(
+            binding["subjects"][0]["namespace"],
+            d["metadata"]["namespace"]
+        );
+    }
+    // Sized from the measured RSS (about 27 MiB after the RBAC test's sync scenario).
+    let mib = |q: &Value| -> f64 { q.as_str().unwrap().trim_end_matches("Mi").parse().unwrap() };
+    let req = mib(&c["resources"]["requests"]["memory"]);
+    let lim = mib(&c["resources"]["limits"]["memory"]);
+    assert!(
+        req >= 32.0 && lim >= 2.0 * req,
+        "request {req} Mi, limit {lim} Mi"
+    );
 }
