@@ -8,7 +8,10 @@
 //! - [`env`]: `kvbridge env`, resolving every placeholder concurrently and `exec`ing the command
 //!   with the values in its environment only.
 
+pub mod admission;
 pub mod env;
+pub mod mutate;
 pub mod placeholder;
 pub mod query;
 pub mod spec;
+pub mod webhook;

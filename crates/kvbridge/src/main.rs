@@ -30,6 +30,10 @@ enum Command {
     Flexvolume(cmd::flexvolume::Args),
     /// Resolve `<name>@azurekeyvault[?query]` environment placeholders, then exec the command.
     Env(cmd::env::Args),
+    /// Serve the mutating admission webhook that runs containers through `kvbridge env`.
+    Webhook(cmd::webhook::Args),
+    /// Copy this binary to a path (the webhook's init container runs it).
+    CopySelf(cmd::copy_self::Args),
 }
 
 fn init_tracing() {
@@ -95,6 +99,8 @@ fn main() -> std::process::ExitCode {
             Command::Mount(args) => cmd::mount::run(args).await,
             Command::Provider(args) => cmd::provider::run(args).await,
             Command::Flexvolume(args) => cmd::flexvolume::run(args).await,
+            Command::Webhook(args) => cmd::webhook::run(args).await,
+            Command::CopySelf(args) => cmd::copy_self::run(args),
             Command::Controller(args) => cmd::controller::run(args).await,
             // Handled before this runtime exists.
             Command::Env(_) => Err(anyhow::anyhow!("kvbridge env runs without this runtime")),

@@ -1,6 +1,7 @@
 //! One module per subcommand: flags, then a call into the library crate that does the work.
 
 pub mod controller;
+pub mod copy_self;
 #[cfg(feature = "dev-vault")]
 pub mod dev_vault;
 #[cfg(not(feature = "dev-vault"))]
@@ -10,6 +11,7 @@ pub mod env;
 pub mod flexvolume;
 pub mod mount;
 pub mod provider;
+pub mod webhook;
 
 /// The longest duration a flag accepts (longer values are surely typos, and would overflow
 /// deadline arithmetic elsewhere).

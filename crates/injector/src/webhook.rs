@@ -1,0 +1,274 @@
+//! `kvbridge webhook`: the mutating admission webhook over HTTPS (AdmissionReview v1). Each
+//! Pod CREATE naming `@azurekeyvault` placeholders has its `AzureKeyVaultSecret`s read from its
+//! namespace and is patched by [`crate::mutate::patch`]. No side effects (`sideEffects: None`):
+//! dry-run requests are answered the same way.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use controller::crd::{AzureKeyVaultSecret, AzureKeyVaultSecretSpec};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use mount::target::CloudConfig;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+
+use crate::admission::{self, AdmissionRequest, Verdict, MAX_BODY};
+use crate::mutate::{self, MutateConfig};
+
+/// Namespaces never mutated (besides the webhook's own).
+pub const SKIPPED_NAMESPACES: [&str; 1] = ["kube-system"];
+/// Bound on one AdmissionReview's `AzureKeyVaultSecret` reads.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on distinct `AzureKeyVaultSecret`s one pod may name.
+pub const MAX_REFERENCES: usize = 64;
+
+/// Why the webhook cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("cannot read {what} {path}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("TLS configuration")]
+    Tls(#[source] rustls::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the webhook needs.
+pub struct Webhook {
+    pub client: kube::Client,
+    pub mutate: MutateConfig,
+    pub cloud: CloudConfig,
+    /// The webhook's own namespace (never mutated).
+    pub own_namespace: Option<String>,
+}
+
+impl Webhook {
+    /// The answer to one request (never an error: failures are denials carrying the reason).
+    pub async fn decide(&self, req: &AdmissionRequest) -> Verdict {
+        if !req.kind.group.is_empty() || req.kind.kind != "Pod" || req.operation != "CREATE" {
+            return Verdict::Allow;
+        }
+        let Some(object) = &req.object else {
+            return Verdict::Allow;
+        };
+        let pod: Pod = match serde_json::from_value(object.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                return Verdict::Deny {
+                    code: 400,
+                    message: format!("kvbridge: the Pod does not parse: {e}"),
+                }
+            }
+        };
+        let namespace = req
+            .namespace
+            .clone()
+            .or_else(|| pod.metadata.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        if SKIPPED_NAMESPACES.contains(&namespace.as_str())
+            || self.own_namespace.as_deref() == Some(namespace.as_str())
+            || mutate::already_injected(&pod)
+        {
+            return Verdict::Allow;
+        }
+        let deny = |code: u16, message: String| Verdict::Deny {
+            code,
+            message: format!("kvbridge: {message}"),
+        };
+        let uses = match mutate::uses(&pod) {
+            Ok(u) => u,
+            Err(e) => return deny(400, e.to_string()),
+        };
+        if uses.is_empty() {
+            return Verdict::Allow;
+        }
+        let mut names: Vec<&str> = uses.iter().map(|u| u.akvs.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() > MAX_REFERENCES {
+            return deny(
+                400,
+                format!(
+                    "the pod names {} AzureKeyVaultSecrets; at most {MAX_REFERENCES} are allowed",
+                    names.len()
+                ),
+            );
+        }
+        let api: Api<AzureKeyVaultSecret> = Api::namespaced(self.client.clone(), &namespace);
+        let reads = futures_util::future::join_all(names.iter().map(|name| {
+            let api = api.clone();
+            async move { (*name, api.get_opt(name).await) }
+        }));
+        let results = match tokio::time::timeout(LOOKUP_TIMEOUT, reads).await {
+            Ok(r) => r,
+            Err(_) => {
+                return deny(
+                    500,
+                    format!(
+                        "reading AzureKeyVaultSecrets in {namespace:?} took longer than {LOOKUP_TIMEOUT:?}"
+                    ),
+                )
+            }
+        };
+        let mut specs: BTreeMap<String, AzureKeyVaultSecretSpec> = BTreeMap::new();
+        for (name, result) in results {
+            match result {
+                Ok(Some(a)) => {
+                    specs.insert(name.to_string(), a.spec);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return deny(
+                        500,
+                        format!("cannot read AzureKeyVaultSecret {name:?} in {namespace:?}: {e}"),
+                    )
+                }
+            }
+        }
+        let target = |vault: &str| {
+            let t = self.cloud.resolve_name(vault);
+            (t.cloud, t.vault_url)
+        };
+        match mutate::patch(&pod, &namespace, &specs, &self.mutate, &target) {
+            Ok(Some(ops)) => {
+                tracing::info!(
+                    namespace,
+                    pod = pod
+                        .metadata
+                        .name
+                        .as_deref()
+                        .or(pod.metadata.generate_name.as_deref())
+                        .unwrap_or(""),
+                    references = specs.len(),
+                    dry_run = req.dry_run.unwrap_or(false),
+                    "pod mutated for kvbridge env"
+                );
+                Verdict::Patch(ops)
+            }
+            Ok(None) => Verdict::Allow,
+            Err(e) => deny(403, e.to_string()),
+        }
+    }
+}
+
+async fn mutate_handler(State(webhook): State<Arc<Webhook>>, body: Bytes) -> Response {
+    match admission::parse(&body) {
+        Ok(req) => {
+            let verdict = webhook.decide(&req).await;
+            if let Verdict::Deny { message, .. } = &verdict {
+                tracing::info!(uid = %req.uid, "denied: {message}");
+            }
+            Json(admission::response(&req.uid, &verdict)).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}
+
+/// The webhook's routes: `POST /mutate`, `GET /healthz`.
+pub fn router(webhook: Arc<Webhook>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(webhook)
+}
+
+/// The serving certificate chain and key (PEM files, as cert-manager writes them).
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, WebhookError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| WebhookError::Read {
+            what: "certificate",
+            path: cert.to_path_buf(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| WebhookError::Read {
+        what: "private key",
+        path: key.to_path_buf(),
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(WebhookError::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(WebhookError::Tls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebhookError::Listen { addr, source })
+}
+
+/// Serves HTTPS on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    webhook: Arc<Webhook>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let router = router(webhook);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            // A client that never finishes the handshake does not hold a task forever.
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
