@@ -197,7 +197,7 @@ fn tenant(spec: Option<&str>, annotation: Option<&str>, ctx: &Ctx) -> Result<Str
         })
 }
 
-async fn secret_data(
+pub(crate) async fn secret_data(
     ctx: &Ctx,
     ns: &str,
     name: &str,
@@ -227,7 +227,7 @@ async fn secret_data(
     Ok(data)
 }
 
-async fn sa_token(
+pub(crate) async fn sa_token(
     ctx: &Ctx,
     ns: &str,
     name: &str,

@@ -11,4 +11,5 @@ pub mod objects;
 pub mod reconcile;
 pub mod restart;
 pub mod run;
+pub mod spc;
 pub mod write;

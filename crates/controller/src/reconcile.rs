@@ -371,6 +371,7 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         }
     }
 
+    let owner = write::Owner::of(akvs);
     let prev = akvs.status.clone().unwrap_or_default();
     let mut status = prev.clone();
     let mut changed_outputs: Vec<String> = Vec::new();
@@ -380,7 +381,7 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
 
     if let Some(ds) = &desired.secret {
         let hash = ds.content_hash();
-        let obj = write::secret_object(akvs, ds, &hash);
+        let obj = write::secret_object(&owner, ds, &hash);
         let writer = write::Writer::<Secret> {
             client: &ctx.client,
             store: &ctx.secrets,
@@ -388,7 +389,7 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
             field_manager: &ctx.settings.field_manager,
         };
         let outcome = writer
-            .write(akvs, obj, &hash, &mut calls)
+            .write(&owner, obj, &hash, &mut calls)
             .await
             .map_err(|source| Error::Write {
                 kind: "Secret",
@@ -437,14 +438,14 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
     }
     if let Some(dc) = &desired.config_map {
         let hash = dc.content_hash();
-        let obj = write::config_map_object(akvs, dc, &hash);
+        let obj = write::config_map_object(&owner, dc, &hash);
         let writer = write::Writer::<ConfigMap> {
             client: &ctx.client,
             store: &ctx.config_maps,
             written: &ctx.written,
             field_manager: &ctx.settings.field_manager,
         };
-        let outcome = match writer.write(akvs, obj, &hash, &mut calls).await {
+        let outcome = match writer.write(&owner, obj, &hash, &mut calls).await {
             Ok(o) => o,
             Err(source) => {
                 ctx.count(calls);
@@ -495,7 +496,7 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         .as_ref()
         .filter(|old| status.secret_name.as_ref() != Some(*old));
     if let Some(old) = gone_secret {
-        write::delete_previous::<Secret>(akvs, &ctx.client, &ctx.secrets, old, &mut calls)
+        write::delete_previous::<Secret>(&owner, &ctx.client, &ctx.secrets, old, &mut calls)
             .await
             .map_err(|source| Error::Write {
                 kind: "Secret",
@@ -508,7 +509,7 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         .as_ref()
         .filter(|old| status.config_map_name.as_ref() != Some(*old));
     if let Some(old) = gone_cm {
-        write::delete_previous::<ConfigMap>(akvs, &ctx.client, &ctx.config_maps, old, &mut calls)
+        write::delete_previous::<ConfigMap>(&owner, &ctx.client, &ctx.config_maps, old, &mut calls)
             .await
             .map_err(|source| Error::Write {
                 kind: "ConfigMap",

@@ -37,6 +37,9 @@ pub struct Options {
     pub clients: Arc<ClientPool>,
     /// Events' reporting instance (the pod name).
     pub instance: Option<String>,
+    /// Also sync the `secretObjects` of SecretProviderClasses that opt in (needs the Secrets
+    /// Store CSI Driver's CRDs).
+    pub sync_secret_provider_classes: bool,
 }
 
 /// Liveness and readiness, shared with the HTTP endpoints.
@@ -211,23 +214,52 @@ impl Runner {
             rx.recv().await.map(|r| (r, rx))
         });
         let config = controller::Config::default().concurrency(opts.concurrency.max(1));
-        Controller::for_stream(akvs_stream, akvs_reader)
+        let shutdown = futures::FutureExt::shared(shutdown);
+        let log_errors = |r: Result<_, controller::Error<_, _>>| {
+            if let Err(e) = r {
+                match e {
+                    controller::Error::ReconcilerFailed(..) => {}
+                    other => tracing::debug!(error = %other, "controller"),
+                }
+            }
+            future::ready(())
+        };
+        let classes = {
+            let (ctx, shutdown, client) = (ctx.clone(), shutdown.clone(), client.clone());
+            let enabled = opts.sync_secret_provider_classes;
+            let ns = opts.namespace.clone();
+            async move {
+                if !enabled {
+                    return;
+                }
+                let ar = crate::spc::api_resource();
+                let api: Api<kube::api::DynamicObject> = match &ns {
+                    Some(ns) => Api::namespaced_with(client, ns, &ar),
+                    None => Api::all_with(client, &ar),
+                };
+                Controller::new_with(api, watcher::Config::default(), ar)
+                    .graceful_shutdown_on(shutdown)
+                    .run(crate::spc::reconcile, crate::spc::error_policy, ctx)
+                    .for_each(|r| {
+                        if let Err(e) = r {
+                            if !matches!(e, controller::Error::ReconcilerFailed(..)) {
+                                tracing::debug!(error = %e, "SecretProviderClass controller");
+                            }
+                        }
+                        future::ready(())
+                    })
+                    .await;
+            }
+        };
+        let resources = Controller::for_stream(akvs_stream, akvs_reader)
             .owns_stream(secret_stream)
             .owns_stream(cm_stream)
             .reconcile_on(triggers)
             .with_config(config)
             .graceful_shutdown_on(shutdown)
             .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
-            .for_each(|r| {
-                if let Err(e) = r {
-                    match e {
-                        controller::Error::ReconcilerFailed(..) => {}
-                        other => tracing::debug!(error = %other, "controller"),
-                    }
-                }
-                future::ready(())
-            })
-            .await;
+            .for_each(log_errors);
+        future::join(resources, classes).await;
         gc.abort();
     }
 }

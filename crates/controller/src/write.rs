@@ -134,9 +134,26 @@ impl Written {
     }
 }
 
-/// The owner reference to `akvs`.
-pub fn owner_ref(akvs: &AzureKeyVaultSecret) -> Option<OwnerReference> {
-    akvs.controller_owner_ref(&())
+/// The resource an output belongs to: an `AzureKeyVaultSecret`, or a SecretProviderClass
+/// whose `secretObjects` are synced.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub namespace: String,
+    pub uid: String,
+    pub owner_ref: Option<OwnerReference>,
+    /// [`SOURCE_ANNOTATION`] value: `<kind>/<name>`.
+    pub source: String,
+}
+
+impl Owner {
+    pub fn of(akvs: &AzureKeyVaultSecret) -> Self {
+        Self {
+            namespace: akvs.namespace().unwrap_or_default(),
+            uid: akvs.uid().unwrap_or_default(),
+            owner_ref: akvs.controller_owner_ref(&()),
+            source: format!("azurekeyvaultsecret/{}", akvs.name_any()),
+        }
+    }
 }
 
 fn owned_by(meta: &ObjectMeta, uid: &str) -> bool {
@@ -152,7 +169,7 @@ fn describe_owner(meta: &ObjectMeta) -> String {
 
 /// Labels and annotations every written object carries.
 fn metadata(
-    akvs: &AzureKeyVaultSecret,
+    owner: &Owner,
     name: &str,
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
@@ -162,23 +179,20 @@ fn metadata(
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
     let mut annotations = annotations.clone();
     annotations.insert(HASH_ANNOTATION.into(), hash.into());
-    annotations.insert(
-        SOURCE_ANNOTATION.into(),
-        format!("azurekeyvaultsecret/{}", akvs.name_any()),
-    );
+    annotations.insert(SOURCE_ANNOTATION.into(), owner.source.clone());
     ObjectMeta {
         name: Some(name.into()),
-        namespace: akvs.namespace(),
+        namespace: Some(owner.namespace.clone()),
         labels: Some(labels),
         annotations: Some(annotations),
-        owner_references: owner_ref(akvs).map(|o| vec![o]),
+        owner_references: owner.owner_ref.clone().map(|o| vec![o]),
         ..Default::default()
     }
 }
 
-pub fn secret_object(akvs: &AzureKeyVaultSecret, d: &DesiredSecret, hash: &str) -> Secret {
+pub fn secret_object(owner: &Owner, d: &DesiredSecret, hash: &str) -> Secret {
     Secret {
-        metadata: metadata(akvs, &d.name, &d.labels, &d.annotations, hash),
+        metadata: metadata(owner, &d.name, &d.labels, &d.annotations, hash),
         type_: Some(d.secret_type.clone()),
         data: Some(
             d.data
@@ -190,13 +204,9 @@ pub fn secret_object(akvs: &AzureKeyVaultSecret, d: &DesiredSecret, hash: &str) 
     }
 }
 
-pub fn config_map_object(
-    akvs: &AzureKeyVaultSecret,
-    d: &DesiredConfigMap,
-    hash: &str,
-) -> ConfigMap {
+pub fn config_map_object(owner: &Owner, d: &DesiredConfigMap, hash: &str) -> ConfigMap {
     ConfigMap {
-        metadata: metadata(akvs, &d.name, &d.labels, &d.annotations, hash),
+        metadata: metadata(owner, &d.name, &d.labels, &d.annotations, hash),
         data: (!d.data.is_empty()).then(|| d.data.clone()),
         binary_data: (!d.binary_data.is_empty()).then(|| {
             d.binary_data
@@ -224,17 +234,17 @@ pub struct Writer<'a, K: Output> {
 }
 
 impl<K: Output> Writer<'_, K> {
-    /// Writes `desired` (whose content hash is `hash`) for `akvs`.
+    /// Writes `desired` (whose content hash is `hash`) for `owner`.
     pub async fn write(
         &self,
-        akvs: &AzureKeyVaultSecret,
+        owner: &Owner,
         desired: K,
         hash: &str,
         calls: &mut Calls,
     ) -> Result<Outcome, kube::Error> {
-        let ns = akvs.namespace().unwrap_or_default();
+        let ns = owner.namespace.clone();
         let name = desired.meta().name.clone().unwrap_or_default();
-        let uid = akvs.uid().unwrap_or_default();
+        let uid = owner.uid.clone();
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
         let seen = self.store.get(&ObjectRef::new(&name).within(&ns));
         let current_rv = match seen {
@@ -390,17 +400,17 @@ impl<K: Output> Writer<'_, K> {
 /// Deletes `name`, an output `akvs` wrote before and no longer wants (renamed or dropped), if
 /// the watch shows it still owned by `akvs`.
 pub async fn delete_previous<K: Output>(
-    akvs: &AzureKeyVaultSecret,
+    owner: &Owner,
     client: &kube::Client,
     store: &Store<PartialObjectMeta<K>>,
     name: &str,
     calls: &mut Calls,
 ) -> Result<bool, kube::Error> {
-    let ns = akvs.namespace().unwrap_or_default();
+    let ns = owner.namespace.clone();
     let Some(seen) = store.get(&ObjectRef::new(name).within(&ns)) else {
         return Ok(false);
     };
-    if !owned_by(&seen.metadata, &akvs.uid().unwrap_or_default()) {
+    if !owned_by(&seen.metadata, &owner.uid) {
         return Ok(false);
     }
     calls.writes += 1;

@@ -90,6 +90,9 @@ async fn start() -> Option<Env> {
     )
     .await
     .expect("CRD");
+    cp.install_csi_driver_crds(&client)
+        .await
+        .expect("SecretProviderClass CRD");
 
     let dir = tempfile::tempdir().unwrap();
     let seed_path = dir.path().join("seed.yaml");
@@ -132,6 +135,7 @@ async fn start() -> Option<Env> {
             mount::identity::LocalEndpoints::default(),
         )),
         instance: Some("test".into()),
+        sync_secret_provider_classes: true,
     };
     let runner = Runner::new(client.clone(), opts, Arc::new(Metrics::new()));
     let ctx = runner.ctx.clone();
@@ -688,4 +692,42 @@ async fn controller_against_the_real_api_server_and_dev_vault() {
         events.contains("RolloutTriggered") && events.contains("Deployment opted"),
         "{events}"
     );
+
+    // --- SecretProviderClass secretObjects synced without any pod: a class that opts in with a
+    // service-principal Secret, one with a ServiceAccount (workload identity), one that does
+    // not opt in.
+    env.namespace("spc").await;
+    Api::<Secret>::namespaced(c.clone(), "spc")
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let class = |ns: &str, name: &str, annotations: &str| {
+        format!(
+            "apiVersion: secrets-store.csi.x-k8s.io/v1\nkind: SecretProviderClass\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations: {{{annotations}}}\nspec:\n  provider: azure\n  parameters:\n    keyvaultName: team-vault\n    tenantID: {TENANT}\n    objects: |\n      array:\n        - |\n          objectName: team-only\n          objectType: secret\n          objectAlias: team-alias\n  secretObjects:\n    - secretName: {name}-synced\n      type: Opaque\n      labels: {{app: demo}}\n      data:\n        - {{objectName: team-alias, key: token}}\n"
+        )
+    };
+    env.apply_yaml(&class(
+        "spc",
+        "via-secret",
+        "kvbridge.io/sync-secret-objects: \"true\", kvbridge.io/secret: sp-creds",
+    ));
+    env.apply_yaml(&class(
+        "identities",
+        "via-sa",
+        "kvbridge.io/sync-secret-objects: \"true\", kvbridge.io/service-account: app",
+    ));
+    env.apply_yaml(&class("spc", "not-opted", "team: a"));
+    for (ns, name) in [
+        ("spc", "via-secret-synced"),
+        ("identities", "via-sa-synced"),
+    ] {
+        let d = wait_for(name, || secret_data(c, ns, name)).await;
+        assert_eq!(d["token"], b"team secret", "{name}");
+        let s: Secret = Api::namespaced(c.clone(), ns).get(name).await.unwrap();
+        assert_eq!(s.labels()["app"], "demo");
+        let owner = &s.metadata.owner_references.unwrap()[0];
+        assert_eq!(owner.kind, "SecretProviderClass");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(secret_data(c, "spc", "not-opted-synced").await.is_none());
 }

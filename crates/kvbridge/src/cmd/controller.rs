@@ -86,6 +86,11 @@ pub struct Args {
     /// Address the HTTP ports bind to.
     #[arg(long, default_value = "0.0.0.0")]
     http_bind: std::net::IpAddr,
+    /// Also sync the secretObjects of SecretProviderClasses annotated
+    /// kvbridge.io/sync-secret-objects: "true" into Secrets, without any pod mounting them
+    /// (needs the Secrets Store CSI Driver's CRDs).
+    #[arg(long)]
+    sync_secret_provider_classes: bool,
     /// Serve no HTTP port.
     #[arg(long)]
     no_http: bool,
@@ -186,6 +191,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cloud,
         clients,
         instance: std::env::var("POD_NAME").ok(),
+        sync_secret_provider_classes: args.sync_secret_provider_classes,
     };
     let metrics = Arc::new(controller::metrics::Metrics::new());
     let health = Arc::new(Health::default());
