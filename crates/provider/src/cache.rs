@@ -6,12 +6,11 @@
 //! that fetch and then dropped (never cached). A `latest` fetch is reused for
 //! [`CacheConfig::latest_ttl`], an explicit version for [`CacheConfig::versioned_ttl`].
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 use mount::{MountError, Source};
 use render::params::ObjectKind;
 use render::render::{FetchKey, Fetched, RenderError, VersionInfo};
@@ -107,28 +106,20 @@ impl CachedError {
     }
 }
 
-type SharedFetch = Shared<BoxFuture<'static, Result<Value, CachedError>>>;
-
-struct Entry {
-    fetch: SharedFetch,
-    created: Instant,
-    ttl: Duration,
+/// How long an entry lives: an explicit version for `versioned_ttl` (its content never
+/// changes), `latest` and version listings for `latest_ttl`.
+struct TtlPolicy {
+    latest: Duration,
+    versioned: Duration,
 }
 
-impl Entry {
-    fn usable(&self, now: Instant) -> Usable {
-        match self.fetch.peek() {
-            None => Usable::InFlight,
-            Some(Ok(_)) if now.duration_since(self.created) < self.ttl => Usable::Fresh,
-            Some(_) => Usable::No,
-        }
+impl moka::Expiry<Key, Value> for TtlPolicy {
+    fn expire_after_create(&self, key: &Key, _value: &Value, _at: Instant) -> Option<Duration> {
+        Some(match &key.op {
+            Op::Get(k) if k.version.is_some() => self.versioned,
+            _ => self.latest,
+        })
     }
-}
-
-enum Usable {
-    InFlight,
-    Fresh,
-    No,
 }
 
 /// Counters for tests and the benchmark.
@@ -140,35 +131,34 @@ pub struct CacheStats {
     pub coalesced: AtomicU64,
 }
 
-/// The node-wide cache. Share it (`Arc`) between all mounts.
+/// The node-wide cache (a [`moka`] cache: bounded, per-entry expiry, one in-flight load per
+/// key). Share it (`Arc`) between all mounts.
 pub struct NodeCache {
-    config: CacheConfig,
-    entries: Mutex<HashMap<Key, Entry>>,
+    entries: moka::future::Cache<Key, Value>,
     metrics: Arc<Metrics>,
     pub stats: CacheStats,
 }
 
 impl NodeCache {
     pub fn new(config: CacheConfig, metrics: Arc<Metrics>) -> Self {
+        let entries = moka::future::Cache::builder()
+            .max_capacity(u64::try_from(config.max_entries).unwrap_or(u64::MAX))
+            .expire_after(TtlPolicy {
+                latest: config.latest_ttl,
+                versioned: config.versioned_ttl,
+            })
+            .build();
         Self {
-            config,
-            entries: Mutex::new(HashMap::new()),
+            entries,
             metrics,
             stats: CacheStats::default(),
         }
     }
 
-    /// Entries held (in flight or done).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    /// Entries held (moka counts lazily: pending evictions are applied first).
+    pub async fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.entry_count()
     }
 
     /// `source` seen through this cache, for one vault + identity `scope` (no secrets in it).
@@ -180,88 +170,46 @@ impl NodeCache {
         }
     }
 
+    /// The value for `key`: cached, or loaded by `load` — once, however many callers ask while
+    /// it loads. A failed load is handed to every caller that waited for it and not cached.
     async fn run(
         &self,
         key: Key,
-        ttl: Duration,
         metric_type: &'static str,
-        make: impl FnOnce() -> BoxFuture<'static, Result<Value, CachedError>>,
+        load: impl Future<Output = Result<Value, CachedError>>,
     ) -> Result<Value, CachedError> {
-        let fetch = {
-            let mut map = self.lock();
-            let now = Instant::now();
-            let existing = map.get(&key).and_then(|e| match e.usable(now) {
-                Usable::InFlight => {
+        if let Some(v) = self.entries.get(&key).await {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.cache_hit();
+            return Ok(v);
+        }
+        let metrics = self.metrics.clone();
+        let stats = &self.stats;
+        let loaded = self
+            .entries
+            .entry(key)
+            .or_try_insert_with(async move {
+                stats.upstream.fetch_add(1, Ordering::Relaxed);
+                metrics.cache_miss();
+                let start = Instant::now();
+                let r = load.await;
+                let outcome = match &r {
+                    Ok(_) => "success",
+                    Err(e) => e.outcome(),
+                };
+                metrics.observe_keyvault(metric_type, outcome, start.elapsed());
+                r
+            })
+            .await;
+        match loaded {
+            Ok(entry) => {
+                if !entry.is_fresh() {
                     self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
                     self.metrics.cache_coalesced();
-                    Some(e.fetch.clone())
                 }
-                Usable::Fresh => {
-                    self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.cache_hit();
-                    Some(e.fetch.clone())
-                }
-                Usable::No => None,
-            });
-            match existing {
-                Some(f) => f,
-                None => {
-                    self.stats.upstream.fetch_add(1, Ordering::Relaxed);
-                    self.metrics.cache_miss();
-                    let metrics = self.metrics.clone();
-                    let inner = make();
-                    let fetch = async move {
-                        let start = Instant::now();
-                        let r = inner.await;
-                        let outcome = match &r {
-                            Ok(_) => "success",
-                            Err(e) => e.outcome(),
-                        };
-                        metrics.observe_keyvault(metric_type, outcome, start.elapsed());
-                        r
-                    }
-                    .boxed()
-                    .shared();
-                    if map.len() >= self.config.max_entries {
-                        self.evict(&mut map, now);
-                    }
-                    map.insert(
-                        key.clone(),
-                        Entry {
-                            fetch: fetch.clone(),
-                            created: now,
-                            ttl,
-                        },
-                    );
-                    fetch
-                }
+                Ok(entry.into_value())
             }
-        };
-        let result = fetch.clone().await;
-        if result.is_err() {
-            let mut map = self.lock();
-            if map.get(&key).is_some_and(|e| e.fetch.ptr_eq(&fetch)) {
-                map.remove(&key);
-            }
-        }
-        result
-    }
-
-    /// Drops unusable entries, then the oldest ones, down to 90% of the bound.
-    fn evict(&self, map: &mut HashMap<Key, Entry>, now: Instant) {
-        map.retain(|_, e| !matches!(e.usable(now), Usable::No));
-        let target = self.config.max_entries.saturating_mul(9) / 10;
-        if map.len() > target {
-            let mut by_age: Vec<(Instant, Key)> = map
-                .iter()
-                .filter(|(_, e)| !matches!(e.usable(now), Usable::InFlight))
-                .map(|(k, e)| (e.created, k.clone()))
-                .collect();
-            by_age.sort_by_key(|(t, _)| *t);
-            let excess = map.len() - target;
-            for (_, k) in by_age.into_iter().take(excess) {
-                map.remove(&k);
-            }
+            Err(shared) => Err(CachedError::clone(&shared)),
         }
     }
 }
@@ -296,23 +244,12 @@ fn list_metric(t: ObjectKind) -> &'static str {
 impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
     async fn get(&self, key: &FetchKey) -> Result<Fetched, MountError> {
         let op = Op::Get(key.clone());
-        let ttl = if key.version.is_some() {
-            self.cache.config.versioned_ttl
-        } else {
-            self.cache.config.latest_ttl
-        };
-        let inner = self.inner.clone();
-        let k = key.clone();
-        let o = op.clone();
-        let make = move || {
-            async move {
-                inner
-                    .get(&k)
-                    .await
-                    .map(Value::Fetched)
-                    .map_err(|e| CachedError::from_mount(e, &o))
-            }
-            .boxed()
+        let load = async {
+            self.inner
+                .get(key)
+                .await
+                .map(Value::Fetched)
+                .map_err(|e| CachedError::from_mount(e, &op))
         };
         let cache_key = Key {
             scope: self.scope.clone(),
@@ -320,7 +257,7 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
         };
         match self
             .cache
-            .run(cache_key, ttl, key.object_type.object_type(), make)
+            .run(cache_key, key.object_type.object_type(), load)
             .await
         {
             Ok(Value::Fetched(f)) => Ok(f),
@@ -335,18 +272,12 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
         name: &str,
     ) -> Result<Vec<VersionInfo>, MountError> {
         let op = Op::List(object_type, name.to_string());
-        let inner = self.inner.clone();
-        let n = name.to_string();
-        let o = op.clone();
-        let make = move || {
-            async move {
-                inner
-                    .versions(object_type, &n)
-                    .await
-                    .map(Value::Versions)
-                    .map_err(|e| CachedError::from_mount(e, &o))
-            }
-            .boxed()
+        let load = async {
+            self.inner
+                .versions(object_type, name)
+                .await
+                .map(Value::Versions)
+                .map_err(|e| CachedError::from_mount(e, &op))
         };
         let cache_key = Key {
             scope: self.scope.clone(),
@@ -354,17 +285,124 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
         };
         match self
             .cache
-            .run(
-                cache_key,
-                self.cache.config.latest_ttl,
-                list_metric(object_type),
-                make,
-            )
+            .run(cache_key, list_metric(object_type), load)
             .await
         {
             Ok(Value::Versions(v)) => Ok(v),
             Ok(Value::Fetched(_)) => Err(wrong_value(&op).into_mount()),
             Err(e) => Err(e.into_mount()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use render::render::FetchedSecret;
+    use zeroize::Zeroizing;
+
+    /// A source that counts its calls, answers `fail-*` names with an error after a pause, and
+    /// others with a secret.
+    #[derive(Default)]
+    struct Counting {
+        calls: AtomicU64,
+    }
+
+    impl Source for Counting {
+        async fn get(&self, key: &FetchKey) -> Result<Fetched, MountError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            if key.name.starts_with("fail") {
+                // Long enough for the other callers to join this load.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err(MountError::Render(RenderError::Object {
+                    index: 0,
+                    name: key.name.clone(),
+                    object_type: key.object_type,
+                    field: "objectName",
+                    reason: "boom".into(),
+                }));
+            }
+            Ok(Fetched::Secret(FetchedSecret {
+                version: key.version.clone().unwrap_or_else(|| "current".into()),
+                value: Zeroizing::new(key.name.clone()),
+                content_type: None,
+                kid: None,
+            }))
+        }
+
+        async fn versions(
+            &self,
+            _object_type: ObjectKind,
+            _name: &str,
+        ) -> Result<Vec<VersionInfo>, MountError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Ok(Vec::new())
+        }
+    }
+
+    fn key(name: &str, version: Option<&str>) -> FetchKey {
+        FetchKey {
+            object_type: ObjectKind::Secret,
+            name: name.into(),
+            version: version.map(str::to_string),
+        }
+    }
+
+    fn cache(latest: Duration, max_entries: usize) -> Arc<NodeCache> {
+        Arc::new(NodeCache::new(
+            CacheConfig {
+                latest_ttl: latest,
+                versioned_ttl: Duration::from_secs(600),
+                max_entries,
+            },
+            Arc::new(Metrics::new()),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_reaches_every_waiter_once_and_is_not_kept() {
+        let c = cache(Duration::from_secs(30), 100);
+        let src = c.source("vault|id", Counting::default());
+        let k = key("fail-1", None);
+        let (a, b, d) = tokio::join!(src.get(&k), src.get(&k), src.get(&k));
+        for r in [a, b, d] {
+            assert!(r.unwrap_err().to_string().contains("fail-1"));
+        }
+        assert_eq!(
+            src.inner.calls.load(Ordering::Relaxed),
+            1,
+            "one load shared"
+        );
+        assert!(src.get(&k).await.is_err());
+        assert_eq!(
+            src.inner.calls.load(Ordering::Relaxed),
+            2,
+            "errors are not cached"
+        );
+    }
+
+    #[tokio::test]
+    async fn explicit_versions_outlive_the_latest_ttl_and_scopes_stay_apart() {
+        let c = cache(Duration::ZERO, 100);
+        let src = c.source("vault|id", Counting::default());
+        for _ in 0..3 {
+            src.get(&key("a", Some("v1"))).await.unwrap();
+            src.get(&key("a", None)).await.unwrap();
+        }
+        // v1 loaded once; latest (TTL 0) every time.
+        assert_eq!(src.inner.calls.load(Ordering::Relaxed), 1 + 3);
+        let other = c.source("vault|other-id", Counting::default());
+        other.get(&key("a", Some("v1"))).await.unwrap();
+        assert_eq!(other.inner.calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn the_entry_bound_holds() {
+        let c = cache(Duration::from_secs(30), 8);
+        let src = c.source("vault|id", Counting::default());
+        for i in 0..200 {
+            src.get(&key(&format!("s-{i}"), None)).await.unwrap();
+        }
+        assert!(c.entry_count().await <= 8, "{} entries", c.entry_count().await);
     }
 }
