@@ -2,6 +2,7 @@
 //! controller that syncs Key Vault objects into Kubernetes Secrets and ConfigMaps.
 
 pub mod crd;
+pub mod eventgrid;
 pub mod http;
 pub mod identity;
 pub mod lease;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub vault_objects: Gauge<i64, AtomicI64>,
     /// 1 while this replica leads.
     pub leader: Gauge<i64, AtomicI64>,
+    /// Reconciles triggered by Key Vault events (Event Grid).
+    pub events: Counter,
 }
 
 impl Default for Metrics {
@@ -105,6 +107,12 @@ impl Metrics {
         );
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
+        let events = Counter::default();
+        registry.register(
+            "event_reconciles",
+            "Reconciles triggered by Key Vault events",
+            events.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -116,6 +124,7 @@ impl Metrics {
             queue_depth,
             vault_objects,
             leader,
+            events,
         }
     }
 

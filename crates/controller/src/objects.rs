@@ -277,26 +277,27 @@ impl ObjectCache {
         }
     }
 
-    /// A Key Vault event for `vault_url` (any identity), `name` and object kind: marks the
-    /// matching slots stale and returns their users.
-    pub fn invalidate(
+    /// A Key Vault event for vault `vault` (its name: the first label of the vault host, any
+    /// identity), `name` and object kinds: marks the matching slots stale and returns their
+    /// users.
+    pub fn invalidate_vault(
         &self,
-        vault_url: &str,
+        vault: &str,
         kinds: &[model::ObjectKind],
         name: &str,
     ) -> Vec<ObjectRef<AzureKeyVaultSecret>> {
-        let host = |u: &str| {
+        let label = |u: &str| {
             u.trim_start_matches("https://")
-                .split('/')
+                .split(['/', '.', ':'])
                 .next()
                 .unwrap_or("")
                 .to_ascii_lowercase()
         };
-        let want = host(vault_url);
+        let want = vault.to_ascii_lowercase();
         let slots = lock(&self.inner.slots);
         let mut users = HashSet::new();
         for (key, slot) in slots.iter() {
-            if host(&key.vault_url) == want
+            if label(&key.vault_url) == want
                 && key.fetch.name.eq_ignore_ascii_case(name)
                 && kinds.contains(&key.fetch.object_type)
             {
@@ -426,13 +427,9 @@ mod tests {
 
         // An event for another object changes nothing; one for this object forces a fetch.
         assert!(cache
-            .invalidate(
-                "https://KV.vault.azure.net/",
-                &[ObjectKind::Secret],
-                "other"
-            )
+            .invalidate_vault("KV", &[ObjectKind::Secret], "other")
             .is_empty());
-        let users = cache.invalidate("https://KV.vault.azure.net/", &[ObjectKind::Secret], "S");
+        let users = cache.invalidate_vault("KV", &[ObjectKind::Secret], "S");
         assert_eq!(users, vec![a.clone(), b.clone()]);
         let g = cache.get(&k, &a, r, || async { Ok(secret("2")) }).await;
         assert!(g.fetched);

@@ -41,6 +41,7 @@ vaults:
       - {{name: akv2k8s-multi-key-test, value: '{{"host":"db.test","user":"app","password":"p@ss"}}'}}
       - {{name: shared, value: "shared-v1"}}
       - {{name: rotating, value: "r1"}}
+      - {{name: evented, value: "e1"}}
     certificates:
       - name: ca
         generate: {{subject: "CN=Controller Test CA", ca: true, keyType: EC, curve: P-256, validityDays: 365}}
@@ -730,4 +731,70 @@ async fn controller_against_the_real_api_server_and_dev_vault() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(secret_data(c, "spc", "not-opted-synced").await.is_none());
+
+    // --- Event Grid: a Key Vault event refreshes a resource with a 1 h interval at once; the
+    // subscription handshakes are answered; a delivery without the token is refused.
+    env.namespace("events").await;
+    env.apply_yaml(&format!(
+        "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: evented, namespace: events}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: evented, type: secret}}}}\n  refreshInterval: 1h\n  output: {{secret: {{name: evented, dataKey: value}}}}\n"
+    ));
+    wait_ready(c, "events", "evented", "True", "Synced").await;
+    let (addr, _server) = controller::http::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        controller::eventgrid::router(controller::eventgrid::Endpoint {
+            ctx: env.runner_ctx.clone(),
+            token: Some("s3cret".into()),
+        }),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{addr}/eventgrid");
+    let validation = json!([{"id": "v", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "subject": "", "eventTime": "2026-01-01T00:00:00Z", "dataVersion": "1",
+        "data": {"validationCode": "0f4a4a1e-code"}}]);
+    let r: Value = env
+        .http
+        .post(format!("{url}?token=s3cret"))
+        .json(&validation)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["validationResponse"], "0f4a4a1e-code");
+    let r = env
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{url}?token=s3cret"))
+        .header("WebHook-Request-Origin", "eventgrid.azure.net")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["webhook-allowed-origin"], "eventgrid.azure.net");
+    let v2 = env.set_secret("evented", "e2").await;
+    let event = json!([{"id": "1", "eventType": "Microsoft.KeyVault.SecretNewVersionCreated",
+        "subject": "evented", "eventTime": "2026-01-01T00:00:00Z", "dataVersion": "1",
+        "data": {"Id": format!("https://{VAULT}.vault.azure.net/secrets/evented/{v2}"),
+                 "VaultName": VAULT, "ObjectType": "Secret", "ObjectName": "evented", "Version": v2}}]);
+    let r = env.http.post(&url).json(&event).send().await.unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let r = env
+        .http
+        .post(&url)
+        .header("aeg-sas-key", "s3cret")
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let t0 = Instant::now();
+    wait_for("Secret updated by the event", || async {
+        let d = secret_data(c, "events", "evented").await?;
+        (d["value"] == b"e2").then_some(())
+    })
+    .await;
+    eprintln!(
+        "Key Vault event -> Secret updated in {:?} (refresh interval 1 h)",
+        t0.elapsed()
+    );
 }

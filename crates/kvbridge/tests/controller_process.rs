@@ -251,6 +251,7 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vault = dev_vault(cp, dir.path());
+    let [eg_port] = testenv::process::free_ports::<1>().unwrap();
     let t_start = Instant::now();
     let c = Controller::start(
         cp.kubeconfig(),
@@ -258,7 +259,12 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
         dir.path(),
         ("akv-test", "akv-test"),
         "controller-a",
-        &[],
+        &[
+            "--event-grid-port",
+            &eg_port.to_string(),
+            "--event-grid-token",
+            "tok",
+        ],
     );
     let controller = &c.child;
 
@@ -269,6 +275,13 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     })
     .await;
     eprintln!("kvbridge controller ready in {:?}", t_start.elapsed());
+    // The Event Grid endpoint answers the subscription handshake (and wants the token).
+    let validation = r#"[{"id":"v","eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","data":{"validationCode":"code-123"}}]"#;
+    let eg = format!("http://127.0.0.1:{eg_port}/eventgrid");
+    let (ok, body) = curl(&["--fail", "-d", validation, &format!("{eg}?token=tok")]);
+    assert!(ok && body.contains("code-123"), "{body}");
+    let (ok, _) = curl(&["--fail", "-d", validation, &eg]);
+    assert!(!ok, "a delivery without the token is refused");
     let (ok, body) = c.get("/healthz");
     assert!(ok && body == "ok", "{body}");
 

@@ -91,6 +91,15 @@ pub struct Args {
     /// (needs the Secrets Store CSI Driver's CRDs).
     #[arg(long)]
     sync_secret_provider_classes: bool,
+    /// Port for Azure Event Grid deliveries of Key Vault events (`POST /eventgrid`, Event Grid
+    /// schema or CloudEvents): the named objects are refreshed at once. Plain HTTP, served by
+    /// the leader only: expose it through an Ingress with TLS (Event Grid delivers to HTTPS).
+    #[arg(long)]
+    event_grid_port: Option<u16>,
+    /// Token Event Grid deliveries must carry (`?token=` in the subscription URL, or the
+    /// `aeg-sas-key` header).
+    #[arg(long, env = "KVBRIDGE_EVENT_GRID_TOKEN", hide_env_values = true)]
+    event_grid_token: Option<String>,
     /// Serve no HTTP port.
     #[arg(long)]
     no_http: bool,
@@ -278,6 +287,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
     };
     let runner = Runner::new(client, opts, metrics.clone());
+    if let Some(port) = args.event_grid_port {
+        let (addr, t) = controller::http::spawn(
+            SocketAddr::new(args.http_bind, port),
+            controller::eventgrid::router(controller::eventgrid::Endpoint {
+                ctx: runner.ctx.clone(),
+                token: args.event_grid_token.clone().filter(|t| !t.is_empty()),
+            }),
+        )
+        .await?;
+        http.push(t);
+        tracing::info!(eventgrid = %addr, "serving POST /eventgrid");
+    }
     runner
         .run(health, async move {
             let _ = end_rx.await;
