@@ -403,6 +403,10 @@ mod tests {
         for i in 0..200 {
             src.get(&key(&format!("s-{i}"), None)).await.unwrap();
         }
-        assert!(c.entry_count().await <= 8, "{} entries", c.entry_count().await);
+        assert!(
+            c.entry_count().await <= 8,
+            "{} entries",
+            c.entry_count().await
+        );
     }
 }
