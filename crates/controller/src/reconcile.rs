@@ -403,34 +403,19 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
                 return Err(e);
             }
         };
-        match outcome {
-            Outcome::NotOwned { owner } => {
-                ctx.metrics.write("Secret", "not_owned");
-                refused.push(format!(
-                    "Secret {} exists and is not owned by this resource ({owner})",
-                    ds.name
-                ));
-            }
-            o => {
-                if o != Outcome::Unchanged {
-                    ctx.metrics.write(
-                        "Secret",
-                        if o == Outcome::Created {
-                            "created"
-                        } else {
-                            "updated"
-                        },
-                    );
-                    if prev.secret_hash.as_deref() != Some(hash.as_str()) {
-                        changed_outputs.push(format!("Secret {}", ds.name));
-                        if o == Outcome::Updated && prev.secret_hash.is_some() {
-                            rotated.push(("Secret", ds.name.clone(), hash.clone()));
-                        }
-                    }
-                }
-                status.secret_hash = Some(hash);
-                status.secret_name = Some(ds.name.clone());
-            }
+        if record_write(
+            &ctx.metrics,
+            "Secret",
+            &ds.name,
+            outcome,
+            &hash,
+            prev.secret_hash.as_deref(),
+            &mut changed_outputs,
+            &mut rotated,
+            &mut refused,
+        ) {
+            status.secret_hash = Some(hash);
+            status.secret_name = Some(ds.name.clone());
         }
     } else {
         status.secret_hash = None;
@@ -456,34 +441,19 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
                 });
             }
         };
-        match outcome {
-            Outcome::NotOwned { owner } => {
-                ctx.metrics.write("ConfigMap", "not_owned");
-                refused.push(format!(
-                    "ConfigMap {} exists and is not owned by this resource ({owner})",
-                    dc.name
-                ));
-            }
-            o => {
-                if o != Outcome::Unchanged {
-                    ctx.metrics.write(
-                        "ConfigMap",
-                        if o == Outcome::Created {
-                            "created"
-                        } else {
-                            "updated"
-                        },
-                    );
-                    if prev.config_map_hash.as_deref() != Some(hash.as_str()) {
-                        changed_outputs.push(format!("ConfigMap {}", dc.name));
-                        if o == Outcome::Updated && prev.config_map_hash.is_some() {
-                            rotated.push(("ConfigMap", dc.name.clone(), hash.clone()));
-                        }
-                    }
-                }
-                status.config_map_hash = Some(hash);
-                status.config_map_name = Some(dc.name.clone());
-            }
+        if record_write(
+            &ctx.metrics,
+            "ConfigMap",
+            &dc.name,
+            outcome,
+            &hash,
+            prev.config_map_hash.as_deref(),
+            &mut changed_outputs,
+            &mut rotated,
+            &mut refused,
+        ) {
+            status.config_map_hash = Some(hash);
+            status.config_map_name = Some(dc.name.clone());
         }
     } else {
         status.config_map_hash = None;
@@ -755,4 +725,42 @@ pub(crate) fn default_identity(ctx: &Ctx) -> Identity {
     Identity::Ambient {
         managed_identity: ctx.settings.ambient_managed_identity,
     }
+}
+
+/// Folds one output's write into the reconcile's tallies (metrics, changed outputs, rotations for
+/// restarts, refusals). True when the output is ours and its hash and name go into the status.
+#[allow(clippy::too_many_arguments)]
+fn record_write(
+    metrics: &Metrics,
+    kind: &'static str,
+    name: &str,
+    outcome: Outcome,
+    hash: &str,
+    prev_hash: Option<&str>,
+    changed_outputs: &mut Vec<String>,
+    rotated: &mut Vec<(&'static str, String, String)>,
+    refused: &mut Vec<String>,
+) -> bool {
+    if let Outcome::NotOwned { owner } = outcome {
+        metrics.write(kind, "not_owned");
+        refused.push(format!(
+            "{kind} {name} exists and is not owned by this resource ({owner})"
+        ));
+        return false;
+    }
+    if outcome != Outcome::Unchanged {
+        let result = if outcome == Outcome::Created {
+            "created"
+        } else {
+            "updated"
+        };
+        metrics.write(kind, result);
+        if prev_hash != Some(hash) {
+            changed_outputs.push(format!("{kind} {name}"));
+            if outcome == Outcome::Updated && prev_hash.is_some() {
+                rotated.push((kind, name.to_string(), hash.to_string()));
+            }
+        }
+    }
+    true
 }
