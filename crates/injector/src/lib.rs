@@ -6,12 +6,17 @@
 //!   needs no Kubernetes API access;
 //! - [`query`]: which value a query selects (through the controller's mapping);
 //! - [`env`]: `kvbridge env`, resolving every placeholder concurrently and `exec`ing the command
-//!   with the values in its environment only.
+//!   with the values in its environment only;
+//! - [`registry`]: image entrypoints from OCI registries, for containers without `command`;
+//! - [`lookup`]: what the webhook reads from the cluster for a pod (pull secrets, ServiceAccount)
+//!   and fills in before mutating it.
 
 pub mod admission;
 pub mod env;
+pub mod lookup;
 pub mod mutate;
 pub mod placeholder;
 pub mod query;
+pub mod registry;
 pub mod spec;
 pub mod webhook;

@@ -2,9 +2,9 @@
 //! through `kvbridge env` (an init container copying the binary into a memory `emptyDir`, each
 //! such container's command wrapped, the resolved references handed over in [`SPEC_ENV`]).
 //!
-//! The command comes from the pod spec; a container with placeholders but no `command` is
-//! refused with a message naming the image and the fix (reading entrypoints from registries is
-//! not done).
+//! The command comes from the pod spec (the webhook fills it in beforehand from the image's
+//! registry when the spec has none, [`crate::lookup`]); a container with placeholders and still
+//! no `command` is refused with a message naming the image and the fix.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use controller::crd::{AzureKeyVaultSecret, AzureKeyVaultSecretSpec};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Api;
 use mount::target::CloudConfig;
 use rustls_pki_types::pem::PemObject as _;
@@ -26,7 +26,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::admission::{self, AdmissionRequest, Verdict, MAX_BODY};
+use crate::lookup::{self, OnLookupFailure};
 use crate::mutate::{self, MutateConfig};
+use crate::registry::Resolver;
 
 /// Namespaces never mutated (besides the webhook's own).
 pub const SKIPPED_NAMESPACES: [&str; 1] = ["kube-system"];
@@ -62,6 +64,11 @@ pub struct Webhook {
     pub cloud: CloudConfig,
     /// The webhook's own namespace (never mutated).
     pub own_namespace: Option<String>,
+    /// Reads entrypoints of images whose containers have no `command` (`None`: such
+    /// containers are refused).
+    pub registry: Option<Arc<Resolver>>,
+    /// What to do when an entrypoint cannot be read.
+    pub on_lookup_failure: OnLookupFailure,
 }
 
 impl Webhook {
@@ -147,6 +154,13 @@ impl Webhook {
                 }
             }
         }
+        let mut pod = pod;
+        if let Err(verdict) = self
+            .fill_from_cluster(&mut pod, &namespace, &uses, &mut specs)
+            .await
+        {
+            return verdict;
+        }
         let target = |vault: &str| {
             let t = self.cloud.resolve_name(vault);
             (t.cloud, t.vault_url)
@@ -171,6 +185,149 @@ impl Webhook {
             Err(e) => deny(403, e.to_string()),
         }
     }
+}
+
+impl Webhook {
+    /// Reads what the pod needs from the cluster and its registries (ServiceAccount, pull
+    /// secrets, image entrypoints) and fills it in; `Err` is the answer when that fails.
+    async fn fill_from_cluster(
+        &self,
+        pod: &mut Pod,
+        namespace: &str,
+        uses: &[mutate::Use],
+        specs: &mut BTreeMap<String, AzureKeyVaultSecretSpec>,
+    ) -> Result<(), Verdict> {
+        let deny = |code: u16, message: String| Verdict::Deny {
+            code,
+            message: format!("kvbridge: {message}"),
+        };
+        let sa_name = lookup::service_account_name(pod);
+        let missing = lookup::needing_entrypoint(pod, uses);
+        let need_identity = lookup::needs_workload_identity(specs, &sa_name);
+        let lookups = if missing.is_empty() {
+            None
+        } else {
+            self.registry.as_ref()
+        };
+        if lookups.is_none() && !need_identity {
+            // Containers without command are refused by `mutate::patch`.
+            return Ok(());
+        }
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        let sa = match tokio::time::timeout(LOOKUP_TIMEOUT, sas.get_opt(&sa_name)).await {
+            Ok(Ok(sa)) => sa,
+            Ok(Err(e)) => {
+                return Err(deny(
+                    500,
+                    format!("cannot read ServiceAccount {sa_name:?} in {namespace:?}: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(deny(
+                    500,
+                    format!(
+                        "reading ServiceAccount {sa_name:?} took longer than {LOOKUP_TIMEOUT:?}"
+                    ),
+                ))
+            }
+        };
+        if need_identity {
+            if let Some(sa) = &sa {
+                lookup::fill_workload_identity(specs, sa);
+            }
+        }
+        let Some(resolver) = lookups else {
+            return Ok(());
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let names = lookup::pull_secret_names(pod, sa.as_ref());
+        let configs =
+            match tokio::time::timeout(LOOKUP_TIMEOUT, lookup::docker_configs(&secrets, &names))
+                .await
+            {
+                Ok(c) => c,
+                Err(_) => {
+                    return Err(deny(
+                        500,
+                        format!("reading imagePullSecrets took longer than {LOOKUP_TIMEOUT:?}"),
+                    ))
+                }
+            };
+        let platform = lookup::pod_platform(pod);
+        let mut images: Vec<&str> = missing.iter().map(|(_, i)| i.as_str()).collect();
+        images.sort_unstable();
+        images.dedup();
+        let found = futures_util::future::join_all(images.iter().map(|image| {
+            let creds = crate::registry::ImageRef::parse(image)
+                .ok()
+                .and_then(|r| crate::registry::credentials_for(&configs, &r));
+            let platform = platform.as_ref();
+            async move { (*image, resolver.lookup(image, creds, platform).await) }
+        }))
+        .await;
+        let mut commands = BTreeMap::new();
+        for (image, result) in found {
+            match result {
+                Ok(c) => {
+                    commands.insert(image, c);
+                }
+                Err(e) => {
+                    let containers: Vec<&str> = missing
+                        .iter()
+                        .filter(|(_, i)| i == image)
+                        .map(|(c, _)| c.as_str())
+                        .collect();
+                    let reason = error_chain(&e);
+                    if self.on_lookup_failure == OnLookupFailure::Allow {
+                        tracing::warn!(
+                            namespace,
+                            image,
+                            reason,
+                            "entrypoint lookup failed; pod admitted unmodified"
+                        );
+                        return Err(Verdict::Allow);
+                    }
+                    return Err(deny(
+                        403,
+                        format!(
+                            "container(s) {containers:?} use @azurekeyvault placeholders and have no `command`, and the entrypoint of image {image:?} cannot be read: {reason}. Fix: set `command:` (and `args:`) in the container to what the image runs, or give the pod (or its ServiceAccount) an imagePullSecret that can read {image:?}"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (container, image) in &missing {
+            let Some(c) = commands.get(image.as_str()) else {
+                continue;
+            };
+            if !lookup::fill_command(pod, container, c) {
+                return Err(deny(
+                    403,
+                    format!(
+                        "container {container:?}: image {image:?} has neither an entrypoint nor a command; set `command:` in the container"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An error and its sources, `: `-separated (registry errors carry no credentials).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    let mut depth = 0;
+    while let Some(s) = source {
+        if depth >= 8 {
+            break;
+        }
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+        depth += 1;
+    }
+    out
 }
 
 async fn mutate_handler(State(webhook): State<Arc<Webhook>>, body: Bytes) -> Response {

@@ -117,6 +117,8 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
             "127.0.0.1:0",
             "--image",
             "kvbridge:test",
+            // Containers without command are refused (the lookup: the registry test below).
+            "--no-registry-lookup",
         ])
         .arg("--tls-cert-file")
         .arg(&cert)
@@ -404,6 +406,557 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
 
     configs
         .delete("kvbridge-env-injector", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+// ---- entrypoints from a private registry ----------------------------------------------------
+
+const REGISTRY_USER: &str = "kvbridge";
+const REGISTRY_PASSWORD: &str = "kvbridge-registry-test-password";
+/// bcrypt of REGISTRY_PASSWORD (docker-registry's htpasswd accepts bcrypt only; fixed so that the
+/// test needs no bcrypt tool).
+const REGISTRY_HTPASSWD_HASH: &str = "$2b$04$33.o8ORyjKpwfVCAl9RY5OGtsBR0y3YsSxCSiSmcQBBc5X4gMmW4u";
+
+/// The registry tools, or `None` (announced) when they are absent and `KVBRIDGE_TESTENV=off`
+/// (the control plane's convention); absent otherwise: a failure naming the packages.
+fn registry_tools() -> Option<()> {
+    let missing: Vec<&str> = ["docker-registry", "skopeo"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Some(());
+    }
+    if std::env::var("KVBRIDGE_TESTENV").as_deref() == Ok("off") {
+        eprintln!(
+            "\n*** SKIPPED (KVBRIDGE_TESTENV=off): the registry entrypoint test needs {missing:?} \
+             (Debian packages docker-registry, skopeo). ***\n"
+        );
+        return None;
+    }
+    panic!(
+        "the registry entrypoint test needs {missing:?}: apt-get install docker-registry skopeo"
+    );
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    let digest = sha256(bytes);
+    let path = layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    std::fs::write(path, bytes).unwrap();
+    (digest, bytes.len())
+}
+
+/// A hand-written OCI image layout: tag `v1` is an image index of a linux/amd64 and a
+/// linux/arm64 image (one empty layer each) whose configs differ in their entrypoint.
+fn oci_layout(layout: &Path, entrypoints: &[(&str, serde_json::Value, serde_json::Value)]) {
+    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let layer = vec![0u8; 1024]; // an empty tar archive
+    let (layer_digest, layer_size) = put_blob(layout, &layer);
+    let mut manifests = Vec::new();
+    for (arch, entrypoint, cmd) in entrypoints {
+        let config = json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        });
+        let (config_digest, config_size) = put_blob(layout, config.to_string().as_bytes());
+        let manifest = json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+        });
+        let (digest, size) = put_blob(layout, manifest.to_string().as_bytes());
+        manifests.push(
+            json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size, "platform": {"os": "linux", "architecture": arch}}),
+        );
+    }
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests});
+    let (digest, size) = put_blob(layout, index.to_string().as_bytes());
+    let top = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": size,
+            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's docker-registry on loopback: HTTPS (the webhook's serving certificate, which names
+/// 127.0.0.1) and htpasswd Basic authentication.
+fn start_registry(dir: &Path, cert: &Path, key: &Path) -> (Killed, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let htpasswd = dir.join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("{REGISTRY_USER}:{REGISTRY_HTPASSWD_HASH}\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: kvbridge-test\n  tls:\n    certificate: {}\n    key: {}\n\
+             auth:\n  htpasswd:\n    realm: kvbridge-test\n    path: {}\n",
+            dir.join("data").display(),
+            cert.display(),
+            key.display(),
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut child = Killed(child);
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "docker-registry exited ({status}): {}",
+                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "docker-registry did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, format!("127.0.0.1:{port}"))
+}
+
+fn start_webhook(
+    cp: &testenv::ControlPlane,
+    vault: &DevVaultProcess,
+    cert: &Path,
+    key: &Path,
+    extra: &[String],
+) -> (Killed, String) {
+    let mut child = Command::new(bin())
+        .args([
+            "webhook",
+            "--listen",
+            "127.0.0.1:0",
+            "--image",
+            "kvbridge:test",
+        ])
+        .arg("--tls-cert-file")
+        .arg(cert)
+        .arg("--tls-key-file")
+        .arg(key)
+        .args(["--tenant-id", &vault.tenant])
+        .arg("--cloud-env-file")
+        .arg(&vault.cloud_env_file)
+        .arg(format!("--env-arg=--ca-file={}", vault.ca.display()))
+        .args(extra)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env_remove("POD_NAMESPACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let killed = Killed(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("kvbridge webhook listening on ")
+        .unwrap_or_else(|| panic!("banner: {line:?}"))
+        .to_string();
+    (killed, url)
+}
+
+/// One webhook entry for Pod CREATE at `url`, selecting namespaces by `selector`.
+fn webhook_entry(name: &str, url: &str, cert: &Path, selector: LabelSelector) -> MutatingWebhook {
+    MutatingWebhook {
+        name: name.into(),
+        admission_review_versions: vec!["v1".into()],
+        side_effects: "None".into(),
+        failure_policy: Some("Fail".into()),
+        timeout_seconds: Some(15),
+        client_config: WebhookClientConfig {
+            url: Some(url.into()),
+            ca_bundle: Some(ByteString(std::fs::read(cert).unwrap())),
+            service: None,
+        },
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec![String::new()]),
+            api_versions: Some(vec!["v1".into()]),
+            operations: Some(vec!["CREATE".into()]),
+            resources: Some(vec!["pods".into()]),
+            scope: None,
+        }]),
+        namespace_selector: Some(selector),
+        ..Default::default()
+    }
+}
+
+/// A stored container started as kubelet would (its secretKeyRef variables read from
+/// `secret`), with this build's binary standing in for /kvbridge/kvbridge: its stdout.
+fn run_as_kubelet(c: &k8s_openapi::api::core::v1::Container, secret: &Secret) -> String {
+    let command = c.command.clone().unwrap();
+    assert_eq!(command[0], "/kvbridge/kvbridge");
+    let mut cmd = Command::new(bin());
+    cmd.args(&command[1..])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for e in c.env.as_ref().unwrap() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => {
+                let r = from.secret_key_ref.as_ref().unwrap();
+                String::from_utf8(secret.data.as_ref().unwrap()[&r.key].0.clone()).unwrap()
+            }
+            _ => panic!("{e:?}"),
+        };
+        cmd.env(&e.name, value);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
+    if registry_tools().is_none() {
+        return;
+    }
+    let Some(cp) = testenv::control_plane().await else {
+        return;
+    };
+    let client = cp.client().await.expect("client");
+    cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
+        .await
+        .expect("CRDs");
+    let dir = tempfile::tempdir().unwrap();
+    let vault = DevVaultProcess::start(
+        Path::new(bin()),
+        &dir.path().join("vault"),
+        &repo().join("examples/dev-vault.yaml"),
+        &dir.path().join("vault.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (cert, key) = serving_cert(dir.path());
+
+    // The registry, and an image pushed to it with the credentials.
+    // Its certificate chains to a CA of its own (rustls refuses a self-signed CA certificate
+    // as a server's), which the webhook is given with --registry-ca-file.
+    std::fs::create_dir(dir.path().join("registry-pki")).unwrap();
+    let pki = testenv::certs::generate(&dir.path().join("registry-pki")).unwrap();
+    let (_registry, host) = start_registry(
+        &dir.path().join("registry"),
+        &pki.serving_cert,
+        &pki.serving_key,
+    );
+    let script = r#"printf '%s|%s|%s' "$DB_PASSWORD" "$0" "$*""#;
+    let layout = dir.path().join("oci");
+    oci_layout(
+        &layout,
+        &[
+            (
+                "amd64",
+                json!(["sh", "-c", script]),
+                json!(["amd64-cmd", "a", "b"]),
+            ),
+            ("arm64", json!(["/arm64/entrypoint"]), json!(["arm64-cmd"])),
+        ],
+    );
+    let image = format!("{host}/team/app:v1");
+    let push = Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
+        .arg(format!("--dest-creds={REGISTRY_USER}:{REGISTRY_PASSWORD}"))
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "skopeo copy: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    // Without credentials the registry refuses (the lookup below needs the pull secret).
+    let anonymous = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--no-creds"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success(),
+        "the registry must require credentials"
+    );
+
+    let (_webhook, url) = start_webhook(
+        cp,
+        &vault,
+        &cert,
+        &key,
+        &[format!("--registry-ca-file={}", pki.ca.display())],
+    );
+
+    // A namespace of this test only (the other test's configuration selects the injection
+    // label; this one selects the namespace by name).
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"generateName": "registry-"}})).unwrap(),
+        )
+        .await
+        .unwrap()
+        .metadata
+        .name
+        .unwrap();
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config_name = format!("kvbridge-env-{ns}");
+    let config = MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(config_name.clone()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![webhook_entry(
+            "env.kvbridge.io",
+            &url,
+            &cert,
+            LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".into(),
+                    ns.clone(),
+                )])),
+                ..Default::default()
+            },
+        )]),
+    };
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "creds"},
+                "stringData": {"clientid": "kvbridge-dev", "clientsecret": "kvbridge-dev-secret"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let dockerconfig = json!({"auths": {host.clone(): {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}}});
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "pull"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": dockerconfig.to_string()}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "puller"},
+            "imagePullSecrets": [{"name": "pull"}]}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), &ns);
+    akvs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
+            "metadata": {"name": "db"},
+            "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"},
+                "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let image_pod = |name: &str, extra: serde_json::Value| -> Pod {
+        let mut p = json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{"name": "app", "image": image,
+                "env": [{"name": "DB_PASSWORD", "value": "db@azurekeyvault"}]}]}
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if k == "args" {
+                p["spec"]["containers"][0]["args"] = v.clone();
+            } else {
+                p["spec"][k] = v.clone();
+            }
+        }
+        serde_json::from_value(p).unwrap()
+    };
+    let wrapped = |p: &Pod| -> Vec<String> {
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        assert!(c.args.is_none());
+        let command = c.command.clone().unwrap();
+        let sep = command.iter().position(|a| a == "--").unwrap();
+        command[sep + 1..].to_vec()
+    };
+
+    // The pod's own pull secret, no command, no args: the image's entrypoint and Cmd (amd64).
+    let with_secret = json!({"imagePullSecrets": [{"name": "pull"}]});
+    // The API server picks the configuration up asynchronously: dry-run until it is in effect.
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    while pods
+        .create(&dry, &image_pod("own-secret", with_secret.clone()))
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .init_containers
+        .is_none()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "webhook never called"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &image_pod("own-secret", with_secret.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        wrapped(&created),
+        ["sh", "-c", script, "amd64-cmd", "a", "b"]
+    );
+    // Run as kubelet would: the value from the dev vault, $0 and $@ from the image's Cmd.
+    let creds = secrets.get("creds").await.unwrap();
+    assert_eq!(
+        run_as_kubelet(&created.spec.as_ref().unwrap().containers[0], &creds),
+        "correct-horse-battery-staple|amd64-cmd|a b"
+    );
+
+    // args given: the entrypoint with the pod's args instead of the image's Cmd.
+    let p = pods
+        .create(
+            &PostParams::default(),
+            &image_pod(
+                "with-args",
+                json!({"imagePullSecrets": [{"name": "pull"}], "args": ["zero", "one"]}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrapped(&p), ["sh", "-c", script, "zero", "one"]);
+    assert_eq!(
+        run_as_kubelet(&p.spec.as_ref().unwrap().containers[0], &creds),
+        "correct-horse-battery-staple|zero|one"
+    );
+
+    // The ServiceAccount's pull secret, and the node architecture from the nodeSelector.
+    let p = pods
+        .create(
+            &PostParams::default(),
+            &image_pod(
+                "sa-secret-arm64",
+                json!({"serviceAccountName": "puller", "nodeSelector": {"kubernetes.io/arch": "arm64"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrapped(&p), ["/arm64/entrypoint", "arm64-cmd"]);
+
+    // No credentials: denied, naming the image and the fix; the password is in no message.
+    let e = pods
+        .create(&PostParams::default(), &image_pod("no-secret", json!({})))
+        .await
+        .unwrap_err();
+    let msg = api_message(e);
+    assert!(
+        msg.contains(&image) && msg.contains("HTTP 401") && msg.contains("imagePullSecret"),
+        "{msg}"
+    );
+    // Wrong credentials: denied as well.
+    let wrong = json!({"auths": {host.clone(): {"username": REGISTRY_USER, "password": "wrong"}}});
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "wrong"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": wrong.to_string()}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let e = pods
+        .create(
+            &PostParams::default(),
+            &image_pod(
+                "wrong-secret",
+                json!({"imagePullSecrets": [{"name": "wrong"}]}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    let msg = api_message(e);
+    assert!(
+        msg.contains(&image) && msg.contains("not accepted") && !msg.contains(REGISTRY_PASSWORD),
+        "{msg}"
+    );
+    // An image that is not there.
+    let missing = format!("{host}/team/nothing:v1");
+    let mut p = image_pod("missing-image", with_secret.clone());
+    p.spec.as_mut().unwrap().containers[0].image = Some(missing.clone());
+    let msg = api_message(pods.create(&PostParams::default(), &p).await.unwrap_err());
+    assert!(msg.contains(&missing) && msg.contains("404"), "{msg}");
+    // Stored pods were mutated; the denied ones do not exist.
+    assert!(pods.get_opt("no-secret").await.unwrap().is_none());
+
+    configs
+        .delete(&config_name, &DeleteParams::default())
         .await
         .unwrap();
 }

@@ -20,7 +20,7 @@
 //! Tests are skipped (with a message on the terminal) only when the binaries are absent **and**
 //! `KVBRIDGE_TESTENV=off`; otherwise a missing binary fails the test with the command to run.
 
-mod certs;
+pub mod certs;
 pub mod chain;
 mod controlplane;
 pub mod csi;

@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use injector::lookup::OnLookupFailure;
 use injector::mutate::MutateConfig;
+use injector::registry::{Platform, Resolver, ResolverOptions};
 use injector::webhook::{self, Webhook};
 use keyvault::Cloud;
 use mount::cloud_env::CloudEnvFiles;
@@ -38,6 +41,33 @@ pub struct Args {
     /// The webhook's own namespace: never mutated.
     #[arg(long, env = "POD_NAMESPACE")]
     namespace: Option<String>,
+    /// Do not read entrypoints from registries: containers with placeholders need `command:`.
+    #[arg(long)]
+    no_registry_lookup: bool,
+    /// Extra CA certificates (PEM) trusted for registries, besides the system's.
+    #[arg(long)]
+    registry_ca_file: Option<PathBuf>,
+    /// Bound on one image's entrypoint lookup (all its registry requests).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    registry_timeout: Duration,
+    /// Platform read from multi-platform images when the pod's nodeSelector names no
+    /// `kubernetes.io/arch`.
+    #[arg(long, default_value = "linux/amd64", value_parser = parse_platform)]
+    default_platform: Platform,
+    /// When an entrypoint cannot be read: deny the pod (naming the image and the fix), or admit
+    /// it unmodified (its placeholders stay literal).
+    #[arg(long, value_enum, default_value_t = LookupFailure::Deny)]
+    on_lookup_failure: LookupFailure,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LookupFailure {
+    Deny,
+    Allow,
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    Platform::parse(s).ok_or_else(|| format!("{s:?} is not os/arch[/variant]"))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -52,6 +82,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes client configuration (in-cluster or KUBECONFIG)")?;
+    let registry = if args.no_registry_lookup {
+        None
+    } else {
+        Some(Arc::new(
+            Resolver::new(ResolverOptions {
+                timeout: args.registry_timeout,
+                ca_file: args.registry_ca_file,
+                platform: args.default_platform,
+                ..ResolverOptions::default()
+            })
+            .context("registry client")?,
+        ))
+    };
     let hook = Arc::new(Webhook {
         client,
         mutate: MutateConfig {
@@ -61,6 +104,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         },
         cloud,
         own_namespace: args.namespace,
+        registry,
+        on_lookup_failure: match args.on_lookup_failure {
+            LookupFailure::Deny => OnLookupFailure::Deny,
+            LookupFailure::Allow => OnLookupFailure::Allow,
+        },
     });
     let listener = webhook::bind(args.listen).await?;
     let addr = listener.local_addr().context("local address")?;
