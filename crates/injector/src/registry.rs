@@ -326,6 +326,13 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: Zeroizing::new(password.into()),
+        }
+    }
+
     fn basic(&self) -> Zeroizing<String> {
         let raw = Zeroizing::new(format!("{}:{}", self.username, self.password.as_str()));
         Zeroizing::new(format!(

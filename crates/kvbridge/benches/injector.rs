@@ -294,13 +294,102 @@ async fn admission(dir: &Path) {
     let _ = child.wait();
 }
 
+/// Entrypoint lookups against docker-registry on loopback (HTTPS, htpasswd Basic auth, an image
+/// index of two platforms): cold (a new resolver: TLS handshake, 401 challenge, index, manifest,
+/// config) and warm (cached digest: one manifest request by tag, none by digest).
+async fn entrypoint_lookup(dir: &Path) {
+    use injector::registry::{Credentials, Resolver, ResolverOptions};
+    if testenv::registry::tools().is_none() {
+        return;
+    }
+    let registry = testenv::registry::Registry::start(&dir.join("registry")).unwrap();
+    let layout = dir.join("oci");
+    testenv::registry::oci_layout(
+        &layout,
+        "v1",
+        &[
+            ("amd64", json!(["/app"]), json!(["serve"])),
+            ("arm64", json!(["/app"]), json!(["serve"])),
+        ],
+    )
+    .unwrap();
+    let image = registry.push(&layout, "v1", "bench/app").unwrap();
+    let creds = Credentials::new(testenv::registry::USER, testenv::registry::PASSWORD);
+    let options = ResolverOptions {
+        ca_file: Some(registry.ca.clone()),
+        system_roots: false,
+        ..ResolverOptions::default()
+    };
+    let mut cold = Vec::new();
+    for _ in 0..30 {
+        let resolver = Resolver::new(options.clone()).unwrap();
+        let t0 = Instant::now();
+        let c = resolver.lookup(&image, Some(&creds), None).await.unwrap();
+        cold.push(t0.elapsed());
+        assert_eq!(c.entrypoint, ["/app"]);
+    }
+    let resolver = Resolver::new(options).unwrap();
+    resolver.lookup(&image, Some(&creds), None).await.unwrap();
+    let mut warm = Vec::new();
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        resolver.lookup(&image, Some(&creds), None).await.unwrap();
+        warm.push(t0.elapsed());
+    }
+    let digest = {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!(
+                "--creds={}:{}",
+                testenv::registry::USER,
+                testenv::registry::PASSWORD
+            ))
+            .arg(format!("docker://{image}"))
+            .output()
+            .unwrap();
+        let d = sha256_of(&out.stdout);
+        format!("{}@{d}", image.rsplit_once(':').unwrap().0)
+    };
+    resolver.lookup(&digest, Some(&creds), None).await.unwrap();
+    let mut by_digest = Vec::new();
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        resolver.lookup(&digest, Some(&creds), None).await.unwrap();
+        by_digest.push(t0.elapsed());
+    }
+    println!(
+        "entrypoint lookup (docker-registry on loopback, HTTPS + Basic auth, image index): cold {}; warm by tag {}; warm by digest {}",
+        summary(cold),
+        summary(warm),
+        summary(by_digest)
+    );
+}
+
+/// sha256 of `bytes` as `sha256:<hex>` (sha256sum, to keep the bench's dependencies as they are).
+fn sha256_of(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap();
+    format!("sha256:{}", hex.split_whitespace().next().unwrap())
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    env_startup(dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    rt.block_on(entrypoint_lookup(dir.path()));
+    if std::env::var_os("KVBRIDGE_BENCH_ONLY_LOOKUP").is_some() {
+        return;
+    }
+    env_startup(dir.path());
     rt.block_on(admission(dir.path()));
 }

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::json;
+use testenv::registry::{Registry, PASSWORD, USER};
 use testenv::vault::DevVaultProcess;
 
 const INJECTION_LABEL: &str = "azure-key-vault-env-injection";
@@ -412,151 +413,6 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
 
 // ---- entrypoints from a private registry ----------------------------------------------------
 
-const REGISTRY_USER: &str = "kvbridge";
-const REGISTRY_PASSWORD: &str = "kvbridge-registry-test-password";
-/// bcrypt of REGISTRY_PASSWORD (docker-registry's htpasswd accepts bcrypt only; fixed so that the
-/// test needs no bcrypt tool).
-const REGISTRY_HTPASSWD_HASH: &str = "$2b$04$33.o8ORyjKpwfVCAl9RY5OGtsBR0y3YsSxCSiSmcQBBc5X4gMmW4u";
-
-/// The registry tools, or `None` (announced) when they are absent and `KVBRIDGE_TESTENV=off`
-/// (the control plane's convention); absent otherwise: a failure naming the packages.
-fn registry_tools() -> Option<()> {
-    let missing: Vec<&str> = ["docker-registry", "skopeo"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return Some(());
-    }
-    if std::env::var("KVBRIDGE_TESTENV").as_deref() == Ok("off") {
-        eprintln!(
-            "\n*** SKIPPED (KVBRIDGE_TESTENV=off): the registry entrypoint test needs {missing:?} \
-             (Debian packages docker-registry, skopeo). ***\n"
-        );
-        return None;
-    }
-    panic!(
-        "the registry entrypoint test needs {missing:?}: apt-get install docker-registry skopeo"
-    );
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
-fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
-    let digest = sha256(bytes);
-    let path = layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
-    std::fs::write(path, bytes).unwrap();
-    (digest, bytes.len())
-}
-
-/// A hand-written OCI image layout: tag `v1` is an image index of a linux/amd64 and a
-/// linux/arm64 image (one empty layer each) whose configs differ in their entrypoint.
-fn oci_layout(layout: &Path, entrypoints: &[(&str, serde_json::Value, serde_json::Value)]) {
-    std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let layer = vec![0u8; 1024]; // an empty tar archive
-    let (layer_digest, layer_size) = put_blob(layout, &layer);
-    let mut manifests = Vec::new();
-    for (arch, entrypoint, cmd) in entrypoints {
-        let config = json!({
-            "architecture": arch, "os": "linux",
-            "config": {"Entrypoint": entrypoint, "Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-        });
-        let (config_digest, config_size) = put_blob(layout, config.to_string().as_bytes());
-        let manifest = json!({
-            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
-        });
-        let (digest, size) = put_blob(layout, manifest.to_string().as_bytes());
-        manifests.push(
-            json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest, "size": size, "platform": {"os": "linux", "architecture": arch}}),
-        );
-    }
-    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": manifests});
-    let (digest, size) = put_blob(layout, index.to_string().as_bytes());
-    let top = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": size,
-            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
-    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Debian's docker-registry on loopback: HTTPS (the webhook's serving certificate, which names
-/// 127.0.0.1) and htpasswd Basic authentication.
-fn start_registry(dir: &Path, cert: &Path, key: &Path) -> (Killed, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let htpasswd = dir.join("htpasswd");
-    std::fs::write(
-        &htpasswd,
-        format!("{REGISTRY_USER}:{REGISTRY_HTPASSWD_HASH}\n"),
-    )
-    .unwrap();
-    let port = free_port();
-    let config = dir.join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: kvbridge-test\n  tls:\n    certificate: {}\n    key: {}\n\
-             auth:\n  htpasswd:\n    realm: kvbridge-test\n    path: {}\n",
-            dir.join("data").display(),
-            cert.display(),
-            key.display(),
-            htpasswd.display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut child = Killed(child);
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.0.try_wait() {
-            panic!(
-                "docker-registry exited ({status}): {}",
-                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-            );
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "docker-registry did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, format!("127.0.0.1:{port}"))
-}
-
 fn start_webhook(
     cp: &testenv::ControlPlane,
     vault: &DevVaultProcess,
@@ -657,7 +513,7 @@ fn run_as_kubelet(c: &k8s_openapi::api::core::v1::Container, secret: &Secret) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
-    if registry_tools().is_none() {
+    if testenv::registry::tools().is_none() {
         return;
     }
     let Some(cp) = testenv::control_plane().await else {
@@ -677,20 +533,14 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     .unwrap_or_else(|e| panic!("{e}"));
     let (cert, key) = serving_cert(dir.path());
 
-    // The registry, and an image pushed to it with the credentials.
-    // Its certificate chains to a CA of its own (rustls refuses a self-signed CA certificate
-    // as a server's), which the webhook is given with --registry-ca-file.
-    std::fs::create_dir(dir.path().join("registry-pki")).unwrap();
-    let pki = testenv::certs::generate(&dir.path().join("registry-pki")).unwrap();
-    let (_registry, host) = start_registry(
-        &dir.path().join("registry"),
-        &pki.serving_cert,
-        &pki.serving_key,
-    );
+    // The registry (HTTPS, its own CA, htpasswd), and an image pushed to it with the credentials.
+    let registry = Registry::start(&dir.path().join("registry")).unwrap_or_else(|e| panic!("{e}"));
+    let host = registry.host.clone();
     let script = r#"printf '%s|%s|%s' "$DB_PASSWORD" "$0" "$*""#;
     let layout = dir.path().join("oci");
-    oci_layout(
+    testenv::registry::oci_layout(
         &layout,
+        "v1",
         &[
             (
                 "amd64",
@@ -699,20 +549,11 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
             ),
             ("arm64", json!(["/arm64/entrypoint"]), json!(["arm64-cmd"])),
         ],
-    );
-    let image = format!("{host}/team/app:v1");
-    let push = Command::new("skopeo")
-        .args(["copy", "--quiet", "--all", "--dest-tls-verify=false"])
-        .arg(format!("--dest-creds={REGISTRY_USER}:{REGISTRY_PASSWORD}"))
-        .arg(format!("oci:{}:v1", layout.display()))
-        .arg(format!("docker://{image}"))
-        .output()
-        .unwrap();
-    assert!(
-        push.status.success(),
-        "skopeo copy: {}",
-        String::from_utf8_lossy(&push.stderr)
-    );
+    )
+    .unwrap();
+    let image = registry
+        .push(&layout, "v1", "team/app")
+        .unwrap_or_else(|e| panic!("{e}"));
     // Without credentials the registry refuses (the lookup below needs the pull secret).
     let anonymous = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", "--no-creds"])
@@ -729,7 +570,7 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
         &vault,
         &cert,
         &key,
-        &[format!("--registry-ca-file={}", pki.ca.display())],
+        &[format!("--registry-ca-file={}", registry.ca.display())],
     );
 
     // A namespace of this test only (the other test's configuration selects the injection
@@ -780,7 +621,7 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
         )
         .await
         .unwrap();
-    let dockerconfig = json!({"auths": {host.clone(): {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}}});
+    let dockerconfig = json!({"auths": {host.clone(): {"username": USER, "password": PASSWORD}}});
     secrets
         .create(
             &PostParams::default(),
@@ -920,7 +761,7 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
         "{msg}"
     );
     // Wrong credentials: denied as well.
-    let wrong = json!({"auths": {host.clone(): {"username": REGISTRY_USER, "password": "wrong"}}});
+    let wrong = json!({"auths": {host.clone(): {"username": USER, "password": "wrong"}}});
     secrets
         .create(
             &PostParams::default(),
@@ -943,7 +784,7 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
         .unwrap_err();
     let msg = api_message(e);
     assert!(
-        msg.contains(&image) && msg.contains("not accepted") && !msg.contains(REGISTRY_PASSWORD),
+        msg.contains(&image) && msg.contains("not accepted") && !msg.contains(PASSWORD),
         "{msg}"
     );
     // An image that is not there.

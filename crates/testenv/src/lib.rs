@@ -14,7 +14,8 @@
 //! start.
 //!
 //! It also starts the dev vault for tests ([`vault::DevVault`] in-process,
-//! [`vault::DevVaultProcess`] as `kvbridge dev-vault`) and signs the JWTs tests need ([`jwt`]) and makes certificate chains ([`chain`]):
+//! [`vault::DevVaultProcess`] as `kvbridge dev-vault`) and signs the JWTs tests need ([`jwt`]) makes certificate chains ([`chain`])
+//! and runs a private image registry ([`registry`]):
 //! the one test-support crate of the workspace.
 //!
 //! Tests are skipped (with a message on the terminal) only when the binaries are absent **and**
@@ -28,6 +29,7 @@ mod error;
 pub mod jwt;
 mod layout;
 pub mod process;
+pub mod registry;
 pub mod vault;
 
 pub use controlplane::{control_plane, shared, ControlPlane};
