@@ -26,6 +26,65 @@ pub const MAX_PULL_SECRETS: usize = 16;
 /// Node label naming the architecture (`kubernetes.io/arch`), read from the pod's nodeSelector.
 pub const ARCH_LABEL: &str = "kubernetes.io/arch";
 
+/// kvbridge's own opt-in, on a pod: a label (what a MutatingWebhookConfiguration's
+/// `objectSelector` can select) or, for registrations that send every pod, an annotation.
+pub const OPT_IN_KEY: &str = "kvbridge.io/inject";
+/// akv2k8s's opt-in, on a namespace (`azure-key-vault-env-injection: enabled`).
+pub const NAMESPACE_LABEL: &str = "azure-key-vault-env-injection";
+/// How long a namespace's opt-in is remembered.
+pub const NAMESPACE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the pod opts in itself (label or annotation `kvbridge.io/inject: "true"`).
+pub fn pod_opted_in(pod: &Pod) -> bool {
+    let yes = |m: &Option<BTreeMap<String, String>>| {
+        m.as_ref()
+            .and_then(|m| m.get(OPT_IN_KEY))
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    };
+    yes(&pod.metadata.labels) || yes(&pod.metadata.annotations)
+}
+
+/// Namespaces' opt-in label, read through the API and remembered for [`NAMESPACE_TTL`]
+/// (bounded), so that the webhook decides the same whichever way it is registered.
+pub struct NamespaceOptIn {
+    cache: moka::future::Cache<String, bool>,
+}
+
+impl Default for NamespaceOptIn {
+    fn default() -> Self {
+        Self {
+            cache: moka::future::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(NAMESPACE_TTL)
+                .build(),
+        }
+    }
+}
+
+impl NamespaceOptIn {
+    /// Whether `namespace` carries `azure-key-vault-env-injection: enabled` (a namespace that
+    /// does not exist does not).
+    pub async fn enabled(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Result<bool, kube::Error> {
+        if let Some(hit) = self.cache.get(namespace).await {
+            return Ok(hit);
+        }
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let enabled = api.get_opt(namespace).await?.is_some_and(|ns| {
+            ns.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(NAMESPACE_LABEL))
+                .is_some_and(|v| v == "enabled")
+        });
+        self.cache.insert(namespace.to_string(), enabled).await;
+        Ok(enabled)
+    }
+}
+
 /// What the webhook does when an image's entrypoint cannot be read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnLookupFailure {
@@ -252,6 +311,23 @@ mod tests {
         );
         assert!(!fill_command(&mut p, "c3", &ImageCommand::default()));
         assert!(!fill_command(&mut p, "nope", &image));
+    }
+
+    #[test]
+    fn pod_opt_in() {
+        let p =
+            |meta: serde_json::Value| pod(json!({"metadata": meta, "spec": {"containers": []}}));
+        assert!(pod_opted_in(&p(json!({"labels": {OPT_IN_KEY: "true"}}))));
+        assert!(pod_opted_in(&p(
+            json!({"annotations": {OPT_IN_KEY: "True"}})
+        )));
+        assert!(!pod_opted_in(&p(
+            json!({"annotations": {OPT_IN_KEY: "false"}})
+        )));
+        assert!(!pod_opted_in(&p(
+            json!({"labels": {NAMESPACE_LABEL: "enabled"}})
+        )));
+        assert!(!pod_opted_in(&p(json!({}))));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `kvbridge webhook`: the mutating admission webhook over HTTPS (AdmissionReview v1). Each
 //! Pod CREATE naming `@azurekeyvault` placeholders has its `AzureKeyVaultSecret`s read from its
-//! namespace and is patched by [`crate::mutate::patch`]. No side effects (`sideEffects: None`):
-//! dry-run requests are answered the same way.
+//! namespace and is patched by [`crate::mutate::patch`]. Pods are mutated when they opt in
+//! (label or annotation `kvbridge.io/inject: "true"`) or their namespace does
+//! (`azure-key-vault-env-injection: enabled`), whichever way the webhook is registered. No side
+//! effects (`sideEffects: None`): dry-run requests are answered the same way.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -69,6 +71,8 @@ pub struct Webhook {
     pub registry: Option<Arc<Resolver>>,
     /// What to do when an entrypoint cannot be read.
     pub on_lookup_failure: OnLookupFailure,
+    /// Namespaces' `azure-key-vault-env-injection` label (pods without kvbridge's own opt-in).
+    pub namespaces: lookup::NamespaceOptIn,
 }
 
 impl Webhook {
@@ -110,6 +114,30 @@ impl Webhook {
         };
         if uses.is_empty() {
             return Verdict::Allow;
+        }
+        // Opted in by the pod (`kvbridge.io/inject`) or its namespace: checked here too, so that
+        // a registration sending more pods than the opted-in ones mutates only those.
+        if !lookup::pod_opted_in(&pod) {
+            match tokio::time::timeout(
+                LOOKUP_TIMEOUT,
+                self.namespaces.enabled(&self.client, &namespace),
+            )
+            .await
+            {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Verdict::Allow,
+                Ok(Err(e)) => {
+                    return deny(500, format!("cannot read namespace {namespace:?}: {e}"))
+                }
+                Err(_) => {
+                    return deny(
+                        500,
+                        format!(
+                            "reading namespace {namespace:?} took longer than {LOOKUP_TIMEOUT:?}"
+                        ),
+                    )
+                }
+            }
         }
         let mut names: Vec<&str> = uses.iter().map(|u| u.akvs.as_str()).collect();
         names.sort_unstable();

@@ -14,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::json;
@@ -147,37 +147,76 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
         .unwrap_or_else(|| panic!("banner: {line:?}"))
         .to_string();
 
-    // Registered as akv2k8s's injector was: namespaces labelled for injection.
+    // A namespace not opted in (its pods opt in with kvbridge's own label).
+    let other = cp.namespace(&client, "noinject").await.unwrap();
+
+    // Registered as akv2k8s's injector was: namespaces labelled for injection; and, in a second
+    // entry, pods labelled `kvbridge.io/inject: "true"` in the other namespaces (objectSelector;
+    // restricted here to this test's namespace, `NotIn` the webhook's own and kube-system in a
+    // deployment).
+    let mut by_label = webhook_entry(
+        "pods.env.kvbridge.io",
+        &url,
+        &cert,
+        LabelSelector {
+            match_expressions: Some(vec![
+                LabelSelectorRequirement {
+                    key: INJECTION_LABEL.into(),
+                    operator: "NotIn".into(),
+                    values: Some(vec!["enabled".into()]),
+                },
+                LabelSelectorRequirement {
+                    key: "kubernetes.io/metadata.name".into(),
+                    operator: "In".into(),
+                    values: Some(vec![other.clone()]),
+                },
+            ]),
+            ..Default::default()
+        },
+    );
+    by_label.object_selector = Some(LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kvbridge.io/inject".into(),
+            "true".into(),
+        )])),
+        ..Default::default()
+    });
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let config = MutatingWebhookConfiguration {
         metadata: ObjectMeta {
             name: Some("kvbridge-env-injector".into()),
             ..Default::default()
         },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "env.kvbridge.io".into(),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            failure_policy: Some("Fail".into()),
-            timeout_seconds: Some(10),
-            client_config: WebhookClientConfig {
-                url: Some(url),
-                ca_bundle: Some(ByteString(std::fs::read(&cert).unwrap())),
-                service: None,
-            },
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![String::new()]),
-                api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: None,
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(INJECTION_LABEL.into(), "enabled".into())])),
+        webhooks: Some(vec![
+            MutatingWebhook {
+                name: "env.kvbridge.io".into(),
+                admission_review_versions: vec!["v1".into()],
+                side_effects: "None".into(),
+                failure_policy: Some("Fail".into()),
+                timeout_seconds: Some(10),
+                client_config: WebhookClientConfig {
+                    url: Some(url.clone()),
+                    ca_bundle: Some(ByteString(std::fs::read(&cert).unwrap())),
+                    service: None,
+                },
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec![String::new()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["CREATE".into()]),
+                    resources: Some(vec!["pods".into()]),
+                    scope: None,
+                }]),
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([(
+                        INJECTION_LABEL.into(),
+                        "enabled".into(),
+                    )])),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+            },
+            by_label,
+        ]),
     };
     let _ = configs
         .delete("kvbridge-env-injector", &DeleteParams::default())
@@ -201,33 +240,37 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
         .metadata
         .name
         .unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "creds"},
+    for namespace in [&ns, &other] {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "creds"},
                 "stringData": {"clientid": "kvbridge-dev", "clientsecret": "kvbridge-dev-secret"}}))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
-    let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), &ns);
-    for (name, object) in [
-        ("db", json!({"name": "db-password", "type": "secret"})),
-        (
-            "cfg",
-            json!({"name": "app-config", "type": "multi-key-value-secret", "contentType": "application/x-json"}),
-        ),
-    ] {
-        let a = serde_json::from_value(json!({
-            "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-            "metadata": {"name": name},
-            "spec": {"vault": {"name": "kvbridge-demo", "object": object,
-                "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
-        }))
-        .unwrap();
-        akvs.create(&PostParams::default(), &a).await.unwrap();
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        let akvs: Api<controller::crd::AzureKeyVaultSecret> =
+            Api::namespaced(client.clone(), namespace);
+        for (name, object) in [
+            ("db", json!({"name": "db-password", "type": "secret"})),
+            (
+                "cfg",
+                json!({"name": "app-config", "type": "multi-key-value-secret", "contentType": "application/x-json"}),
+            ),
+        ] {
+            let a = serde_json::from_value(json!({
+                "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
+                "metadata": {"name": name},
+                "spec": {"vault": {"name": "kvbridge-demo", "object": object,
+                    "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
+            }))
+            .unwrap();
+            akvs.create(&PostParams::default(), &a).await.unwrap();
+        }
     }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let env = [
@@ -396,14 +439,32 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
         .unwrap();
     assert!(plain.spec.unwrap().init_containers.is_none());
 
-    // A namespace not opted in: the webhook is not called.
-    let other = cp.namespace(&client, "noinject").await.unwrap();
+    // A namespace not opted in: the webhook is not called for pods without kvbridge's label.
     let other_pods: Api<Pod> = Api::namespaced(client.clone(), &other);
     let p = other_pods
         .create(&PostParams::default(), &app)
         .await
         .unwrap();
     assert!(p.spec.unwrap().init_containers.is_none());
+    // With it, the pod is mutated as in an opted-in namespace.
+    let mut labelled = app.clone();
+    labelled.metadata.name = Some("labelled".into());
+    labelled.metadata.labels = Some(BTreeMap::from([(
+        "kvbridge.io/inject".into(),
+        "true".into(),
+    )]));
+    let p = other_pods
+        .create(&PostParams::default(), &labelled)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.spec.as_ref().unwrap().containers[0].command,
+        stored.spec.as_ref().unwrap().containers[0].command
+    );
+    assert_eq!(
+        p.spec.unwrap().init_containers.unwrap()[0].name,
+        "kvbridge-install"
+    );
 
     configs
         .delete("kvbridge-env-injector", &DeleteParams::default())
@@ -635,13 +696,28 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
     sas.create(
         &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": "puller"},
+        &serde_json::from_value(json!({"metadata": {"name": "puller", "annotations": {
+                "azure.workload.identity/client-id": "11111111-2222-3333-4444-555555555555",
+                "azure.workload.identity/tenant-id": "66666666-7777-8888-9999-000000000000"}},
             "imagePullSecrets": [{"name": "pull"}]}))
         .unwrap(),
     )
     .await
     .unwrap();
     let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), &ns);
+    // Workload identity naming neither clientId nor tenantId: the ServiceAccount's annotations.
+    akvs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
+            "metadata": {"name": "wi"},
+            "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"},
+                "identity": {"serviceAccount": {"name": "puller"}}}},
+        }))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     akvs.create(
         &PostParams::default(),
         &serde_json::from_value(json!({
@@ -658,7 +734,7 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let image_pod = |name: &str, extra: serde_json::Value| -> Pod {
         let mut p = json!({
-            "metadata": {"name": name},
+            "metadata": {"name": name, "annotations": {"kvbridge.io/inject": "true"}},
             "spec": {"containers": [{"name": "app", "image": image,
                 "env": [{"name": "DB_PASSWORD", "value": "db@azurekeyvault"}]}]}
         });
@@ -795,6 +871,60 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     assert!(msg.contains(&missing) && msg.contains("404"), "{msg}");
     // Stored pods were mutated; the denied ones do not exist.
     assert!(pods.get_opt("no-secret").await.unwrap().is_none());
+
+    // Workload identity from the ServiceAccount's annotations, with its projected token.
+    let p: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "workload-identity", "annotations": {"kvbridge.io/inject": "true"}},
+        "spec": {"serviceAccountName": "puller", "containers": [{"name": "app", "image": image,
+            "command": ["true"], "env": [{"name": "V", "value": "wi@azurekeyvault"}]}]}
+    }))
+    .unwrap();
+    let stored = pods.create(&PostParams::default(), &p).await.unwrap();
+    let c = &stored.spec.as_ref().unwrap().containers[0];
+    let spec = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == injector::spec::SPEC_ENV)
+        .and_then(|e| e.value.clone())
+        .unwrap();
+    assert_eq!(
+        injector::spec::EnvSpec::parse(&spec).unwrap().refs["wi"].identity,
+        injector::spec::RuntimeIdentity::Workload {
+            tenant_id: "66666666-7777-8888-9999-000000000000".into(),
+            client_id: "11111111-2222-3333-4444-555555555555".into(),
+            token_file: "/var/run/secrets/kvbridge/azure/token".into(),
+        }
+    );
+    assert!(stored
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|v| v.name == "kvbridge-azure-token" && v.projected.is_some()));
+
+    // kvbridge's own opt-in, checked by the webhook itself (this registration sends every pod
+    // of the namespace, which is not labelled for injection): without it the pod is stored as
+    // it is; the label works as the annotation does.
+    let mut p = image_pod("not-opted-in", with_secret.clone());
+    p.metadata.annotations = None;
+    let stored = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(stored.spec.as_ref().unwrap().containers[0].command, None);
+    assert!(stored.spec.unwrap().init_containers.is_none());
+    p.metadata.name = Some("label-opt-in".into());
+    p.metadata.labels = Some(BTreeMap::from([(
+        "kvbridge.io/inject".into(),
+        "true".into(),
+    )]));
+    let stored = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(
+        wrapped(&stored),
+        ["sh", "-c", script, "amd64-cmd", "a", "b"]
+    );
 
     configs
         .delete(&config_name, &DeleteParams::default())

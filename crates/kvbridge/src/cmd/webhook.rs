@@ -105,6 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cloud,
         own_namespace: args.namespace,
         registry,
+        namespaces: Default::default(),
         on_lookup_failure: match args.on_lookup_failure {
             LookupFailure::Deny => OnLookupFailure::Deny,
             LookupFailure::Allow => OnLookupFailure::Allow,
