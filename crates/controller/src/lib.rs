@@ -3,6 +3,7 @@
 
 pub mod crd;
 pub mod eventgrid;
+pub mod events;
 pub mod http;
 pub mod identity;
 pub mod lease;

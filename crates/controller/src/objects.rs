@@ -81,9 +81,10 @@ pub struct ObjectCache {
 
 #[derive(Default)]
 struct Inner {
-    slots: Mutex<HashMap<SlotKey, Arc<Slot>>>,
-    /// Which slot each resource uses (to move it when its spec changes).
-    used_by: Mutex<HashMap<ObjectRef<AzureKeyVaultSecret>, SlotKey>>,
+    slots: Mutex<HashMap<Arc<SlotKey>, Arc<Slot>>>,
+    /// Which slot each resource uses (to move it when its spec changes); the key is shared with
+    /// `slots`, not copied per resource.
+    used_by: Mutex<HashMap<ObjectRef<AzureKeyVaultSecret>, Arc<SlotKey>>>,
 }
 
 /// How long a failed fetch is answered from memory, at most.
@@ -137,19 +138,40 @@ impl ObjectCache {
     }
 
     fn slot(&self, key: &SlotKey) -> Arc<Slot> {
-        lock(&self.inner.slots)
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        self.slot_entry(key).1
+    }
+
+    /// The slot of `key` (created when missing) and its shared key.
+    fn slot_entry(&self, key: &SlotKey) -> (Arc<SlotKey>, Arc<Slot>) {
+        let mut slots = lock(&self.inner.slots);
+        if let Some((k, slot)) = slots.get_key_value(key) {
+            return (k.clone(), slot.clone());
+        }
+        let k = Arc::new(key.clone());
+        let slot = Arc::new(Slot::default());
+        slots.insert(k.clone(), slot.clone());
+        (k, slot)
     }
 
     /// Records that `user` uses `key` (and no longer the slot it used before).
     pub fn register(&self, user: &ObjectRef<AzureKeyVaultSecret>, key: &SlotKey) {
-        let previous = lock(&self.inner.used_by).insert(user.clone(), key.clone());
-        if let Some(prev) = previous.filter(|p| p != key) {
+        {
+            let used_by = lock(&self.inner.used_by);
+            if used_by.get(user).is_some_and(|k| **k == *key) {
+                drop(used_by);
+                let slot = self.slot(key);
+                let mut st = lock(&slot.state);
+                if !st.users.contains(user) {
+                    st.users.insert(user.clone());
+                }
+                return;
+            }
+        }
+        let (shared, slot) = self.slot_entry(key);
+        let previous = lock(&self.inner.used_by).insert(user.clone(), shared);
+        if let Some(prev) = previous.filter(|p| **p != *key) {
             self.drop_user(user, &prev);
         }
-        let slot = self.slot(key);
         lock(&slot.state).users.insert(user.clone());
     }
 

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use mount::clients::ClientPool;
@@ -75,7 +75,7 @@ pub struct Ctx {
     pub cloud: CloudConfig,
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    pub recorder: Recorder,
+    pub recorder: crate::events::Events,
     pub metrics: Arc<Metrics>,
     /// Reconcile requests for other resources (a shared object changed).
     pub trigger: mpsc::UnboundedSender<ObjectRef<AzureKeyVaultSecret>>,
@@ -94,7 +94,7 @@ impl Ctx {
         cloud: CloudConfig,
         secrets: Store<PartialObjectMeta<Secret>>,
         config_maps: Store<PartialObjectMeta<ConfigMap>>,
-        recorder: Recorder,
+        recorder: crate::events::Events,
         metrics: Arc<Metrics>,
         trigger: mpsc::UnboundedSender<ObjectRef<AzureKeyVaultSecret>>,
     ) -> Self {

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt as _};
 use kube::{Resource, ResourceExt};
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::crd::AzureKeyVaultSecret;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Ctx, Settings};
-use crate::write::{self, MANAGED_BY};
+use crate::write::{self, HASH_ANNOTATION, MANAGED_BY};
 
 /// How the controller runs.
 pub struct Options {
@@ -110,7 +110,7 @@ impl Runner {
         let (secret_reader, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
         let (cm_reader, cm_writer) = reflector::store::<PartialObjectMeta<ConfigMap>>();
         let (trigger_tx, trigger_rx) = mpsc::unbounded_channel();
-        let recorder = Recorder::new(
+        let recorder = crate::events::Events::new(
             client.clone(),
             Reporter {
                 controller: "kvbridge-controller".into(),
@@ -159,7 +159,8 @@ impl Runner {
             watcher(
                 api::<PartialObjectMeta<Secret>>(&client, &opts.namespace),
                 watcher::Config::default().labels(&managed),
-            ),
+            )
+            .modify(trim_output),
         )
         .default_backoff()
         .inspect(on_listed(&health, &sweep, Watch::Secrets))
@@ -169,7 +170,8 @@ impl Runner {
             watcher(
                 api::<PartialObjectMeta<ConfigMap>>(&client, &opts.namespace),
                 watcher::Config::default().labels(&managed),
-            ),
+            )
+            .modify(trim_output),
         )
         .default_backoff()
         .inspect(on_listed(&health, &sweep, Watch::ConfigMaps))
@@ -186,7 +188,8 @@ impl Runner {
             let listed = on_listed(&health, &sweep, Watch::Resources);
             reflector::reflector(
                 akvs_writer,
-                watcher(api::<AzureKeyVaultSecret>(&client, &opts.namespace), wc),
+                watcher(api::<AzureKeyVaultSecret>(&client, &opts.namespace), wc)
+                    .modify(trim_resource),
             )
             .default_backoff()
             .inspect(move |ev| {
@@ -262,6 +265,31 @@ impl Runner {
         future::join(resources, classes).await;
         gc.abort();
     }
+}
+
+/// What the store of a resource keeps: everything but its managed fields and annotations (the
+/// reconcile reads name, namespace, uid, generation, spec and status; at 10,000 resources the
+/// managed fields alone were the largest share of the controller's memory).
+fn trim_resource(akvs: &mut AzureKeyVaultSecret) {
+    akvs.metadata.managed_fields = None;
+    akvs.metadata.annotations = None;
+}
+
+/// What the stores of the written Secrets/ConfigMaps keep (their watches are metadata-only):
+/// name, namespace, uid, resourceVersion, owner references and the content-hash annotation --
+/// what the writer, the garbage sweep and restart-on-rotation read.
+fn trim_output<K>(meta: &mut PartialObjectMeta<K>) {
+    let m = &mut meta.metadata;
+    m.managed_fields = None;
+    m.labels = None;
+    m.creation_timestamp = None;
+    m.generate_name = None;
+    m.finalizers = None;
+    m.annotations = m
+        .annotations
+        .take()
+        .and_then(|mut a| a.remove_entry(HASH_ANNOTATION))
+        .map(|(k, v)| std::collections::BTreeMap::from([(k, v)]));
 }
 
 /// Marks `w` listed on its first `InitDone` (and asks for a garbage sweep once all are).

@@ -119,7 +119,17 @@ async fn run() {
             .await;
     }
     let [health, metrics] = testenv::process::free_ports::<2>().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kvbridge"));
+    // KVBRIDGE_BENCH_WRAP: a profiler to run the controller under (e.g. `heaptrack -o FILE`).
+    let wrap = std::env::var("KVBRIDGE_BENCH_WRAP").unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    let mut cmd = match wrap.next() {
+        Some(prog) => {
+            let mut c = Command::new(prog);
+            c.args(wrap).arg(env!("CARGO_BIN_EXE_kvbridge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_kvbridge")),
+    };
     cmd.arg("controller")
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
