@@ -1,7 +1,7 @@
 //! Fault injection (latency, 429, 5xx, dropped connections, per-identity budgets) and the request
 //! counters that let tests prove how many vault calls a client made.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,12 @@ pub struct FaultConfig {
     pub drop_rate: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Key Vault's service limit, per vault: at most `requests` data-plane transactions in any
+    /// `window_secs` (sliding); beyond it 429 `Throttled` with `Retry-After` until the oldest
+    /// counted transaction leaves the window. Throttled requests do not count (as in Key
+    /// Vault). Off unless set; [`Budget::KEY_VAULT`] is the documented limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_limit: Option<Budget>,
     #[serde(default)]
     pub scope: FaultScope,
     /// Seed for the fault decisions (429/5xx/drops): with a seed the sequence of decisions is
@@ -42,6 +48,18 @@ pub struct Budget {
     pub requests: u64,
     pub window_secs: u64,
 }
+
+impl Budget {
+    /// Key Vault's documented limit for secrets and vault transactions (and GETs of RSA-2048
+    /// and EC software keys): 4,000 transactions in 10 seconds per vault and region.
+    pub const KEY_VAULT: Budget = Budget {
+        requests: 4000,
+        window_secs: 10,
+    };
+}
+
+/// Largest `vault_limit.requests` (the sliding window keeps one instant per transaction).
+pub const MAX_VAULT_LIMIT: u64 = 1_000_000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,6 +86,14 @@ impl FaultConfig {
                 return Err("budget.window_secs must be at least 1".into());
             }
         }
+        if let Some(b) = &self.vault_limit {
+            if b.window_secs == 0 || b.window_secs > 3600 {
+                return Err("vault_limit.window_secs must be 1-3600".into());
+            }
+            if b.requests == 0 || b.requests > MAX_VAULT_LIMIT {
+                return Err(format!("vault_limit.requests must be 1-{MAX_VAULT_LIMIT}"));
+            }
+        }
         Ok(())
     }
 
@@ -87,6 +113,8 @@ pub enum Injected {
 pub struct Faults {
     config: Mutex<FaultConfig>,
     windows: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Per vault: the instants of the transactions counted against `vault_limit`.
+    vault_windows: Mutex<HashMap<String, VecDeque<Instant>>>,
     /// The seeded generator when the configuration has a seed.
     rng: Mutex<Option<fastrand::Rng>>,
 }
@@ -97,6 +125,7 @@ impl Faults {
         Self {
             config: Mutex::new(config),
             windows: Mutex::new(HashMap::new()),
+            vault_windows: Mutex::new(HashMap::new()),
             rng: Mutex::new(rng),
         }
     }
@@ -123,6 +152,35 @@ impl Faults {
         if let Ok(mut w) = self.windows.lock() {
             w.clear();
         }
+        if let Ok(mut w) = self.vault_windows.lock() {
+            w.clear();
+        }
+    }
+
+    /// Key Vault's per-vault limit: `Some(retry_after_secs)` when `vault` already had
+    /// `vault_limit.requests` transactions in the window (this one is then not counted).
+    pub fn vault_throttled(&self, vault: &str) -> Option<u64> {
+        self.vault_throttled_at(vault, Instant::now())
+    }
+
+    fn vault_throttled_at(&self, vault: &str, now: Instant) -> Option<u64> {
+        let limit = self.get().vault_limit?;
+        let window = Duration::from_secs(limit.window_secs);
+        let mut all = self.vault_windows.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = all.entry(vault.to_string()).or_default();
+        while seen
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            seen.pop_front();
+        }
+        if (seen.len() as u64) < limit.requests {
+            seen.push_back(now);
+            return None;
+        }
+        let oldest = seen.front().copied().unwrap_or(now);
+        let left = window.saturating_sub(now.saturating_duration_since(oldest));
+        Some((left.as_secs_f64().ceil() as u64).max(1))
     }
 
     /// Decides whether to drop the connection of a request.
@@ -253,6 +311,40 @@ mod tests {
         let ra = f.over_budget("a").unwrap();
         assert!((1..=60).contains(&ra));
         assert!(f.over_budget("b").is_none(), "budgets are per identity");
+    }
+
+    #[test]
+    fn vault_limit_is_a_sliding_window_per_vault_and_429s_do_not_count() {
+        let f = Faults::new(FaultConfig {
+            vault_limit: Some(Budget {
+                requests: 3,
+                window_secs: 10,
+            }),
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(f.vault_throttled_at("a", at(0)), None);
+        assert_eq!(f.vault_throttled_at("a", at(4000)), None);
+        assert_eq!(f.vault_throttled_at("a", at(4000)), None);
+        // Full: retry once the transaction at 0 ms leaves the window (10 s - 5.5 s, rounded up).
+        assert_eq!(f.vault_throttled_at("a", at(5500)), Some(5));
+        assert_eq!(f.vault_throttled_at("b", at(5500)), None, "per vault");
+        // The throttled ones were not counted: at 10 s exactly one slot is free again.
+        assert_eq!(f.vault_throttled_at("a", at(10_000)), None);
+        assert_eq!(f.vault_throttled_at("a", at(10_001)), Some(4));
+        // Off by default.
+        let off = Faults::new(FaultConfig::default());
+        assert!((0..10_000).all(|_| off.vault_throttled("a").is_none()));
+        assert!(FaultConfig {
+            vault_limit: Some(Budget {
+                requests: 0,
+                window_secs: 10
+            }),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

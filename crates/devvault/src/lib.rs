@@ -5,6 +5,7 @@ pub mod api;
 pub mod clock;
 pub mod entra;
 pub mod error;
+pub mod eventgrid;
 pub mod faults;
 pub mod ids;
 pub mod seed;
@@ -102,6 +103,8 @@ pub struct Running {
     pub app: Arc<server::App>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// Event Grid deliveries.
+    events: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -118,6 +121,7 @@ impl Running {
         }
         let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
         let _ = task.await;
+        self.events.abort();
     }
 }
 
@@ -252,6 +256,10 @@ pub async fn start(opts: Options) -> Result<Running, DevVaultError> {
         opts.resource.clone(),
         opts.token_lifetime_secs,
     ));
+    let events = {
+        let app = app.clone();
+        tokio::spawn(async move { app.event_grid.run().await })
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(
         listener,
@@ -275,5 +283,6 @@ pub async fn start(opts: Options) -> Result<Running, DevVaultError> {
         app,
         shutdown: Some(tx),
         task,
+        events,
     })
 }

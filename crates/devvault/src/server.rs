@@ -28,6 +28,8 @@ pub struct App {
     pub signer: Signer,
     pub faults: Faults,
     pub counters: Counters,
+    /// Event Grid subscriptions and deliveries.
+    pub event_grid: crate::eventgrid::EventGrid,
     pub port: u16,
     pub resource_override: Option<String>,
     pub token_lifetime: i64,
@@ -50,6 +52,7 @@ impl App {
             signer,
             faults: Faults::new(faults),
             counters: Counters::default(),
+            event_grid: crate::eventgrid::EventGrid::new(),
             port,
             resource_override,
             token_lifetime,
@@ -135,6 +138,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/counters", get(admin_counters))
         .route("/admin/counters/reset", post(admin_counters_reset))
         .route("/admin/faults", get(admin_faults_get).put(admin_faults_put))
+        .route("/admin/eventgrid", get(admin_eventgrid))
+        .route(
+            "/admin/eventgrid/subscriptions/{name}",
+            axum::routing::put(admin_subscribe).delete(admin_unsubscribe),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::entra::routes())
         .fallback(crate::api::data_plane)
@@ -178,6 +186,46 @@ async fn admin_faults_put(AxState(app): AxState<Arc<App>>, body: axum::body::Byt
     tracing::info!(?config, "fault injection changed");
     app.faults.set(config.clone());
     Json(config).into_response()
+}
+
+async fn admin_eventgrid(AxState(app): AxState<Arc<App>>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "subscriptions": app.event_grid.list(),
+        "stats": app.event_grid.stats,
+    }))
+}
+
+async fn admin_subscribe(
+    AxState(app): AxState<Arc<App>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let bad = |e: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response()
+    };
+    let sub: crate::eventgrid::Subscription = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return bad(format!("invalid subscription: {e}")),
+    };
+    match app.event_grid.subscribe(&name, sub.clone()).await {
+        Ok(()) => Json(sub).into_response(),
+        Err(e) => bad(e.to_string()),
+    }
+}
+
+async fn admin_unsubscribe(
+    AxState(app): AxState<Arc<App>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> StatusCode {
+    if app.event_grid.unsubscribe(&name) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }
 
 #[derive(Debug)]

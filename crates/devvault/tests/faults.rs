@@ -158,3 +158,43 @@ async fn seeded_faults_repeat() {
         assert!(runs[0].contains(&want), "{want} in {:?}", runs[0]);
     }
 }
+
+/// Key Vault's per-vault service limit (`vault_limit`): beyond it 429 `Throttled` in Key Vault's
+/// error shape with Retry-After; throttled requests are counted but do not use the budget.
+#[tokio::test]
+async fn key_vault_limit_per_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let dv = common::start(dir.path(), None).await;
+    let t = dv.token("kvbridge-dev", "kvbridge-dev-secret").await;
+    assert_eq!(
+        dv.kv("PUT", "/secrets/a", &t, Some(json!({"value": "1"})))
+            .await
+            .0,
+        200
+    );
+    dv.set_faults(json!({"vault_limit": {"requests": 5, "window_secs": 60}}))
+        .await;
+    for _ in 0..5 {
+        assert_eq!(dv.kv("GET", "/secrets/a", &t, None).await.0, 200);
+    }
+    for _ in 0..3 {
+        let (status, headers, body) = dv.kv_full("GET", "/secrets/a", &t, None).await;
+        assert_eq!(status, 429);
+        assert_eq!(body["error"]["code"], "Throttled", "{body}");
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+    assert_eq!(dv.count("Throttled", Some("a")).await, 3);
+    // Off again: served.
+    dv.set_faults(json!({})).await;
+    assert_eq!(dv.kv("GET", "/secrets/a", &t, None).await.0, 200);
+    // An invalid limit is refused.
+    let resp = dv
+        .http
+        .put(format!("{}/admin/faults", dv.origin))
+        .json(&json!({"vault_limit": {"requests": 0, "window_secs": 10}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+}

@@ -555,6 +555,10 @@ async fn handle(
         }
     };
     app.counters.add(op.name(), &vault, op.object());
+    if let Some(retry_after) = app.faults.vault_throttled(&vault) {
+        app.counters.add(THROTTLED, &vault, op.object());
+        return Err(throttled(retry_after));
+    }
     if let Some(retry_after) = app.faults.over_budget(&claims.appid) {
         return Err(throttled(retry_after));
     }
@@ -573,34 +577,80 @@ async fn handle(
         })?
     };
     use Op::*;
-    match op {
-        SetSecret(n) => secrets::set(app, &ctx, &n, body).await,
-        GetSecret(n, v) => secrets::get(app, &ctx, &n, v.as_deref()),
-        ListSecrets => secrets::list(app, &ctx),
-        ListSecretVersions(n) => secrets::list_versions(app, &ctx, &n),
-        UpdateSecret(n, v) => secrets::update(app, &ctx, &n, v.as_deref(), body).await,
-        DeleteSecret(n) => secrets::delete(app, &ctx, &n).await,
-        GetDeletedSecret(n) => secrets::get_deleted(app, &ctx, &n),
-        ListDeletedSecrets => secrets::list_deleted(app, &ctx),
-        RecoverSecret(n) => secrets::recover(app, &ctx, &n).await,
-        PurgeSecret(n) => secrets::purge(app, &ctx, &n).await,
-        ImportCertificate(n) => certificates::import(app, &ctx, &n, body).await,
-        CreateCertificate(n) => certificates::create(app, &ctx, &n, body).await,
-        GetCertificateOperation(n) => certificates::operation(app, &ctx, &n),
-        GetCertificate(n, v) => certificates::get(app, &ctx, &n, v.as_deref()),
-        GetCertificatePolicy(n) => certificates::policy(app, &ctx, &n),
-        ListCertificates => certificates::list(app, &ctx),
-        ListCertificateVersions(n) => certificates::list_versions(app, &ctx, &n),
-        DeleteCertificate(n) => certificates::delete(app, &ctx, &n).await,
-        GetDeletedCertificate(n) => certificates::get_deleted(app, &ctx, &n),
-        PurgeCertificate(n) => certificates::purge(app, &ctx, &n).await,
-        CreateKey(n) => keys::create(app, &ctx, &n, body).await,
-        ImportKey(n) => keys::import(app, &ctx, &n, body).await,
-        GetKey(n, v) => keys::get(app, &ctx, &n, v.as_deref()),
-        ListKeys => keys::list(app, &ctx),
-        ListKeyVersions(n) => keys::list_versions(app, &ctx, &n),
+    // Operations that make a new version: announced to Event Grid subscriptions on success.
+    let new_version = match &op {
+        SetSecret(n) => Some((ObjectKind::Secret, n.clone())),
+        ImportCertificate(n) | CreateCertificate(n) => Some((ObjectKind::Certificate, n.clone())),
+        CreateKey(n) | ImportKey(n) => Some((ObjectKind::Key, n.clone())),
+        _ => None,
+    };
+    let resp = dispatch(app, &ctx, op, body).await;
+    if let (Ok(r), Some((kind, name))) = (&resp, new_version) {
+        if r.status().is_success() {
+            announce(app, &ctx, kind, &name);
+        }
+    }
+    resp
+}
+
+/// Tells the Event Grid subscriptions that `name` has a new (latest) version.
+fn announce(app: &App, ctx: &Ctx, kind: ObjectKind, name: &str) {
+    let version = app.with_state(|s| {
+        let v = s.vaults.get(&ctx.vault)?;
+        match kind {
+            ObjectKind::Secret => v.secrets.get(name)?.latest().map(|x| x.version.clone()),
+            ObjectKind::Certificate => v
+                .certificates
+                .get(name)?
+                .latest()
+                .map(|x| x.version.clone()),
+            ObjectKind::Key => v.keys.get(name)?.latest().map(|x| x.version.clone()),
+        }
+    });
+    if let Some(version) = version {
+        app.event_grid
+            .changed(&ctx.vault, kind, name, &version, &ctx.base);
     }
 }
+
+async fn dispatch(
+    app: &Arc<App>,
+    ctx: &Ctx,
+    op: Op,
+    body: serde_json::Value,
+) -> Result<Response, KvError> {
+    use Op::*;
+    match op {
+        SetSecret(n) => secrets::set(app, ctx, &n, body).await,
+        GetSecret(n, v) => secrets::get(app, ctx, &n, v.as_deref()),
+        ListSecrets => secrets::list(app, ctx),
+        ListSecretVersions(n) => secrets::list_versions(app, ctx, &n),
+        UpdateSecret(n, v) => secrets::update(app, ctx, &n, v.as_deref(), body).await,
+        DeleteSecret(n) => secrets::delete(app, ctx, &n).await,
+        GetDeletedSecret(n) => secrets::get_deleted(app, ctx, &n),
+        ListDeletedSecrets => secrets::list_deleted(app, ctx),
+        RecoverSecret(n) => secrets::recover(app, ctx, &n).await,
+        PurgeSecret(n) => secrets::purge(app, ctx, &n).await,
+        ImportCertificate(n) => certificates::import(app, ctx, &n, body).await,
+        CreateCertificate(n) => certificates::create(app, ctx, &n, body).await,
+        GetCertificateOperation(n) => certificates::operation(app, ctx, &n),
+        GetCertificate(n, v) => certificates::get(app, ctx, &n, v.as_deref()),
+        GetCertificatePolicy(n) => certificates::policy(app, ctx, &n),
+        ListCertificates => certificates::list(app, ctx),
+        ListCertificateVersions(n) => certificates::list_versions(app, ctx, &n),
+        DeleteCertificate(n) => certificates::delete(app, ctx, &n).await,
+        GetDeletedCertificate(n) => certificates::get_deleted(app, ctx, &n),
+        PurgeCertificate(n) => certificates::purge(app, ctx, &n).await,
+        CreateKey(n) => keys::create(app, ctx, &n, body).await,
+        ImportKey(n) => keys::import(app, ctx, &n, body).await,
+        GetKey(n, v) => keys::get(app, ctx, &n, v.as_deref()),
+        ListKeys => keys::list(app, ctx),
+        ListKeyVersions(n) => keys::list_versions(app, ctx, &n),
+    }
+}
+
+/// Counter operation of the requests refused by the per-vault limit (`vault_limit`).
+pub const THROTTLED: &str = "Throttled";
 
 fn throttled(retry_after_secs: u64) -> KvError {
     KvError::new(

@@ -27,6 +27,10 @@ pub struct Args {
     /// Fault injection at start, as JSON (also settable at run time: PUT /admin/faults).
     #[arg(long)]
     faults: Option<String>,
+    /// Enforce Key Vault's throttling limit per vault (4,000 transactions per 10 s; beyond it
+    /// 429 with Retry-After), unless --faults sets its own `vault_limit`.
+    #[arg(long)]
+    key_vault_limits: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -37,6 +41,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(f) = args.faults {
         opts.faults = serde_json::from_str::<FaultConfig>(&f)
             .with_context(|| format!("--faults is not a valid fault configuration: {f}"))?;
+    }
+    if args.key_vault_limits && opts.faults.vault_limit.is_none() {
+        opts.faults.vault_limit = Some(devvault::faults::Budget::KEY_VAULT);
     }
     let running = devvault::start(opts)
         .await
