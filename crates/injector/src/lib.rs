@@ -19,4 +19,5 @@ pub mod placeholder;
 pub mod query;
 pub mod registry;
 pub mod spec;
+pub mod tls;
 pub mod webhook;

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +22,6 @@ use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Api;
 use mount::target::CloudConfig;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 use crate::admission::{self, AdmissionRequest, Verdict, MAX_BODY};
@@ -42,15 +39,6 @@ pub const MAX_REFERENCES: usize = 64;
 /// Why the webhook cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("cannot read {what} {path}")]
-    Read {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("TLS configuration")]
-    Tls(#[source] rustls::Error),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -378,31 +366,6 @@ pub fn router(webhook: Arc<Webhook>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(webhook)
-}
-
-/// The serving certificate chain and key (PEM files, as cert-manager writes them).
-pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, WebhookError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| WebhookError::Read {
-            what: "certificate",
-            path: cert.to_path_buf(),
-            source,
-        })?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| WebhookError::Read {
-        what: "private key",
-        path: key.to_path_buf(),
-        source,
-    })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(WebhookError::Tls)?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(WebhookError::Tls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Binds `addr`.

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use injector::lookup::OnLookupFailure;
 use injector::mutate::MutateConfig;
 use injector::registry::{Platform, Resolver, ResolverOptions};
+use injector::tls::{self, CertFiles, SelfManaged, ServingCert, Validity};
 use injector::webhook::{self, Webhook};
 use keyvault::Cloud;
 use mount::cloud_env::CloudEnvFiles;
@@ -20,12 +21,36 @@ pub struct Args {
     /// Address to serve HTTPS on.
     #[arg(long, default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
-    /// Serving certificate chain (PEM), e.g. from cert-manager.
-    #[arg(long)]
-    tls_cert_file: PathBuf,
+    /// Serving certificate chain (PEM), e.g. from cert-manager; re-read every
+    /// --cert-check-interval. Without it the webhook manages its own CA and certificate.
+    #[arg(long, requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
     /// Serving private key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Self-managed certificate: the Secret (in --namespace) holding the CA and serving pair that
+    /// every replica serves.
+    #[arg(long, default_value = "kvbridge-webhook-tls")]
+    cert_secret: String,
+    /// Self-managed certificate: the Service whose DNS names the certificate covers.
+    #[arg(long, default_value = "kvbridge-webhook")]
+    service: String,
+    /// Self-managed certificate: another DNS name or IP address it covers (repeatable).
+    #[arg(long = "cert-san", value_name = "NAME")]
+    cert_sans: Vec<String>,
+    /// Self-managed certificate: the MutatingWebhookConfiguration whose webhooks get the CA
+    /// bundle as caBundle.
     #[arg(long)]
-    tls_key_file: PathBuf,
+    webhook_configuration: Option<String>,
+    /// Self-managed certificate: validity of serving certificates (renewed with a third left).
+    #[arg(long, default_value = "365days", value_parser = crate::cmd::parse_duration)]
+    cert_validity: Duration,
+    /// Self-managed certificate: validity of the CA (at least 4 x --cert-validity).
+    #[arg(long, default_value = "3650days", value_parser = crate::cmd::parse_duration)]
+    ca_validity: Duration,
+    /// How often the certificate files are re-read, or the Secret and caBundle checked.
+    #[arg(long, default_value = "1m", value_parser = crate::cmd::parse_duration)]
+    cert_check_interval: Duration,
     /// Image holding kvbridge, run as the init container that copies the binary into the pod.
     #[arg(long, env = "KVBRIDGE_IMAGE")]
     image: String,
@@ -71,7 +96,6 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let tls = webhook::tls_config(&args.tls_cert_file, &args.tls_key_file)?;
     let mut cloud = CloudConfig::new(CloudEnvFiles::anywhere());
     if let Some(f) = &args.cloud_env_file {
         cloud.default_cloud = Some(
@@ -95,6 +119,47 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .context("registry client")?,
         ))
     };
+    let interval = args.cert_check_interval.max(Duration::from_secs(1));
+    let serving = match (args.tls_cert_file, args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let files = CertFiles { cert, key };
+            let (pair, contents) = files.load().await?;
+            let serving = ServingCert::new(pair);
+            tokio::spawn(files.watch(serving.clone(), contents, interval));
+            serving
+        }
+        _ => {
+            let namespace = args.namespace.clone().context(
+                "a self-managed serving certificate needs --namespace (or POD_NAMESPACE) for its Secret",
+            )?;
+            let mut sans = tls::service_names(&args.service, &namespace);
+            sans.extend(args.cert_sans);
+            let manager = SelfManaged {
+                client: client.clone(),
+                namespace,
+                secret: args.cert_secret,
+                webhook_configuration: args.webhook_configuration,
+                sans,
+                validity: Validity::new(args.cert_validity, args.ca_validity)?,
+            };
+            // The first round is retried until it succeeds: nothing can be served before.
+            let mut delay = Duration::from_millis(500);
+            let pair = loop {
+                match manager.round().await {
+                    Ok(pair) => break pair,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), "serving certificate not ready; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                }
+            };
+            let serving = ServingCert::new(pair);
+            tokio::spawn(manager.run(serving.clone(), interval));
+            serving
+        }
+    };
+    let tls = tls::server_config(serving)?;
     let hook = Arc::new(Webhook {
         client,
         mutate: MutateConfig {
