@@ -626,12 +626,35 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
         "the registry must require credentials"
     );
 
+    // A second registry with distribution's token authentication (Bearer challenge, a token
+    // service asked with the pull credentials), holding the same image.
+    let token_registry = Registry::start_with(
+        &dir.path().join("token-registry"),
+        testenv::registry::Auth::Token,
+        &["team/app"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let token_image = token_registry
+        .push(&layout, "v1", "team/app")
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // The webhook trusts both registries' CAs.
+    let cas = dir.path().join("registry-cas.pem");
+    std::fs::write(
+        &cas,
+        [
+            std::fs::read(&registry.ca).unwrap(),
+            std::fs::read(&token_registry.ca).unwrap(),
+        ]
+        .concat(),
+    )
+    .unwrap();
     let (_webhook, url) = start_webhook(
         cp,
         &vault,
         &cert,
         &key,
-        &[format!("--registry-ca-file={}", registry.ca.display())],
+        &[format!("--registry-ca-file={}", cas.display())],
     );
 
     // A namespace of this test only (the other test's configuration selects the injection
@@ -682,7 +705,10 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
         )
         .await
         .unwrap();
-    let dockerconfig = json!({"auths": {host.clone(): {"username": USER, "password": PASSWORD}}});
+    let dockerconfig = json!({"auths": {
+        host.clone(): {"username": USER, "password": PASSWORD},
+        token_registry.host.clone(): {"username": USER, "password": PASSWORD},
+    }});
     secrets
         .create(
             &PostParams::default(),
@@ -794,6 +820,20 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     assert_eq!(
         run_as_kubelet(&created.spec.as_ref().unwrap().containers[0], &creds),
         "correct-horse-battery-staple|amd64-cmd|a b"
+    );
+
+    // The token-authenticated registry, same pull secret.
+    let mut p = image_pod("token-auth", with_secret.clone());
+    p.spec.as_mut().unwrap().containers[0].image = Some(token_image.clone());
+    let p = pods.create(&PostParams::default(), &p).await.unwrap();
+    assert_eq!(wrapped(&p), ["sh", "-c", script, "amd64-cmd", "a", "b"]);
+    let token_log = std::fs::read_to_string(dir.path().join("token-registry/token.log")).unwrap();
+    // kvbridge's token request (skopeo's have `account=`): the challenge's service and scope.
+    assert!(
+        token_log.contains(
+            "GET /token?service=kvbridge-test-registry&scope=repository%3Ateam%2Fapp%3Apull HTTP/1.1\" 200"
+        ),
+        "{token_log}"
     );
 
     // args given: the entrypoint with the pod's args instead of the image's Cmd.

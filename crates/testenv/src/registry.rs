@@ -1,6 +1,7 @@
 //! A private image registry for tests: Debian's `docker-registry` (distribution 2.8) on loopback
-//! with HTTPS (a CA of its own, [`crate::certs`]) and htpasswd Basic authentication, and images
-//! written as OCI layouts by hand and pushed with `skopeo`.
+//! with HTTPS (a CA of its own, [`crate::certs`]) and htpasswd Basic authentication or
+//! distribution's token authentication ([`Auth`]), and images written as OCI layouts by hand and
+//! pushed with `skopeo`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,13 +46,70 @@ pub fn tools() -> Option<()> {
     panic!("a registry test needs {missing:?}: apt-get install docker-registry skopeo");
 }
 
+/// How the registry authenticates pulls and pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// htpasswd: `WWW-Authenticate: Basic`.
+    Basic,
+    /// distribution's token protocol: `WWW-Authenticate: Bearer realm=...` naming a token
+    /// service (a small HTTPS server in python3) that hands out, for [`USER`]/[`PASSWORD`] as
+    /// Basic auth, an ES256 JWT (x5c header, chained to the registry's `rootcertbundle`) granting
+    /// pull and push on every repository named in `start_with`'s `repositories`.
+    Token,
+}
+
 /// A running registry.
 pub struct Registry {
     /// `127.0.0.1:<port>`.
     pub host: String,
-    /// The CA its serving certificate chains to.
+    /// The CA its serving certificate (and its token service's) chains to.
     pub ca: PathBuf,
     _child: ChildGuard,
+    _token_service: Option<ChildGuard>,
+}
+
+/// The token service: GET with the right Basic credentials answers `{"token": ...}`, else 401.
+const TOKEN_SERVICE: &str = r#"
+import http.server, json, ssl, sys
+token, expected, cert, key, port = sys.argv[1:]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.headers.get("Authorization") != expected:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="token"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = json.dumps({"token": token, "expires_in": 300}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        sys.stderr.write("token service: %s%s" % (args[0] % args[1:], chr(10)))
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+fn wait_listening(child: &ChildGuard, port: u16, what: &str) -> Result<(), String> {
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.exited() {
+            return Err(format!("{what} exited ({status}): {}", child.log_tail(20)));
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            return Err(format!(
+                "{what} did not listen within 20 s: {}",
+                child.log_tail(20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -111,6 +169,12 @@ pub fn oci_layout(layout: &Path, tag: &str, images: &[PlatformImage<'_>]) -> std
 impl Registry {
     /// Starts the registry in `dir` (created): HTTPS on a free loopback port, htpasswd auth.
     pub fn start(dir: &Path) -> Result<Self, String> {
+        Self::start_with(dir, Auth::Basic, &[])
+    }
+
+    /// Starts the registry in `dir` (created): HTTPS on a free loopback port, `auth`
+    /// (`repositories`: what a [`Auth::Token`] token grants).
+    pub fn start_with(dir: &Path, auth: Auth, repositories: &[&str]) -> Result<Self, String> {
         let e = |what: &str| {
             let what = what.to_string();
             move |err: std::io::Error| format!("{what}: {err}")
@@ -118,20 +182,74 @@ impl Registry {
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(e("registry directory"))?;
         let pki = crate::certs::generate(&pki_dir).map_err(|err| format!("certificates: {err}"))?;
-        let htpasswd = dir.join("htpasswd");
-        std::fs::write(&htpasswd, format!("{USER}:{HTPASSWD_HASH}\n")).map_err(e("htpasswd"))?;
-        let [port] = process::free_ports::<1>().map_err(|err| format!("free port: {err}"))?;
+        let [port, token_port] =
+            process::free_ports::<2>().map_err(|err| format!("free port: {err}"))?;
+        let mut token_service = None;
+        let auth_config = match auth {
+            Auth::Basic => {
+                let htpasswd = dir.join("htpasswd");
+                std::fs::write(&htpasswd, format!("{USER}:{HTPASSWD_HASH}\n"))
+                    .map_err(e("htpasswd"))?;
+                format!(
+                    "  htpasswd:\n    realm: kvbridge-test\n    path: {}\n",
+                    htpasswd.display()
+                )
+            }
+            Auth::Token => {
+                let key = pki::generate_key(pki::KeyKind::Ec(pki::Curve::P256))
+                    .map_err(|err| format!("token key: {err}"))?;
+                let cert =
+                    pki::self_signed(&crate::chain::request("kvbridge-token-issuer", true), &key)
+                        .map_err(|err| format!("token certificate: {err}"))?;
+                let bundle = dir.join("token-issuer.crt");
+                std::fs::write(&bundle, pki::pem_encode("CERTIFICATE", &cert))
+                    .map_err(e("token certificate"))?;
+                let now = crate::jwt::now();
+                let access: Vec<serde_json::Value> = repositories
+                    .iter()
+                    .map(|r| json!({"type": "repository", "name": r, "actions": ["pull", "push"]}))
+                    .collect();
+                use base64::Engine as _;
+                let token = crate::jwt::sign(
+                    "ES256",
+                    json!({"x5c": [base64::engine::general_purpose::STANDARD.encode(&cert)]}),
+                    &json!({"iss": "kvbridge-test-issuer", "sub": USER, "aud": "kvbridge-test-registry",
+                        "iat": now, "nbf": now - 60, "exp": now + 3600, "jti": format!("t{now}"),
+                        "access": access}),
+                    &key,
+                );
+                let basic = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+                );
+                let mut cmd = Command::new("python3");
+                cmd.arg("-c")
+                    .arg(TOKEN_SERVICE)
+                    .arg(token)
+                    .arg(basic)
+                    .arg(&pki.serving_cert)
+                    .arg(&pki.serving_key)
+                    .arg(token_port.to_string());
+                let child = process::spawn("token service", cmd, &dir.join("token.log"))
+                    .map_err(|err| format!("python3 token service: {err}"))?;
+                wait_listening(&child, token_port, "the token service")?;
+                token_service = Some(child);
+                format!(
+                    "  token:\n    realm: https://127.0.0.1:{token_port}/token\n    service: kvbridge-test-registry\n    issuer: kvbridge-test-issuer\n    rootcertbundle: {}\n",
+                    bundle.display()
+                )
+            }
+        };
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
                  http:\n  addr: 127.0.0.1:{port}\n  secret: kvbridge-test\n  tls:\n    certificate: {}\n    key: {}\n\
-                 auth:\n  htpasswd:\n    realm: kvbridge-test\n    path: {}\n",
+                 auth:\n{auth_config}",
                 dir.join("data").display(),
                 pki.serving_cert.display(),
                 pki.serving_key.display(),
-                htpasswd.display()
             ),
         )
         .map_err(e("registry configuration"))?;
@@ -139,26 +257,12 @@ impl Registry {
         cmd.arg("serve").arg(&config);
         let child = process::spawn("docker-registry", cmd, &dir.join("registry.log"))
             .map_err(|err| format!("docker-registry: {err}"))?;
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.exited() {
-                return Err(format!(
-                    "docker-registry exited ({status}): {}",
-                    child.log_tail(20)
-                ));
-            }
-            if t0.elapsed() > Duration::from_secs(20) {
-                return Err(format!(
-                    "docker-registry did not listen within 20 s: {}",
-                    child.log_tail(20)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&child, port, "docker-registry")?;
         Ok(Self {
             host: format!("127.0.0.1:{port}"),
             ca: pki.ca,
             _child: child,
+            _token_service: token_service,
         })
     }
 
