@@ -1,7 +1,8 @@
 //! `cargo bench -p kvbridge --bench controller_scale`: `kvbridge controller` as a real process
 //! against the test control plane and `kvbridge dev-vault`, with many AzureKeyVaultSecrets over
 //! fewer distinct vault objects. Prints: cold sync time, vault GETs in one refresh interval,
-//! Secret/ConfigMap writes in that steady interval, the controller's CPU and RSS. Sizes from the
+//! Secret/ConfigMap writes in that steady interval, the controller's CPU and RSS, and how many
+//! GETs the dev vault (enforcing Key Vault's 4,000-per-10-s limit) answered 429. Sizes from the
 //! environment: KVBRIDGE_BENCH_RESOURCES (default 1000), KVBRIDGE_BENCH_OBJECTS (200),
 //! KVBRIDGE_BENCH_REFRESH_SECS (20). Asserts only what must hold at any size: every Secret
 //! synced, and no write in a steady interval.
@@ -97,13 +98,21 @@ async fn run() {
     seed.push_str("identities:\n  - {clientId: controller, secret: controller-secret}\n");
     let seed_file = dir.path().join("seed.yaml");
     std::fs::write(&seed_file, seed).unwrap();
-    let vault = testenv::vault::DevVaultProcess::start(
+    // Key Vault's throttling limit enforced by the dev vault (4,000 transactions per 10 s per
+    // vault; 429 with Retry-After beyond it).
+    let vault = testenv::vault::DevVaultProcess::start_with_args(
         Path::new(env!("CARGO_BIN_EXE_kvbridge")),
         &dir.path().join("vault"),
         &seed_file,
         &dir.path().join("vault.log"),
+        &["--key-vault-limits"],
     )
     .unwrap();
+    let vault_counters = || {
+        let c = vault.curl(&[&format!("https://localhost:{}/admin/counters", vault.port)]);
+        let sum = |op: &str| testenv::vault::sum_counters(&c, |e| e["operation"] == op);
+        (sum("GetSecret"), sum("Throttled"))
+    };
 
     let namespaces = 10;
     for n in 0..namespaces {
@@ -209,6 +218,7 @@ async fn run() {
     }
     let cold = t0.elapsed();
     let cold_cpu = cpu_secs(pid);
+    let (cold_gets, cold_429) = vault_counters();
 
     // One steady refresh interval (after the first refresh round has passed).
     tokio::time::sleep(Duration::from_secs(refresh + 2)).await;
@@ -217,6 +227,7 @@ async fn run() {
     tokio::time::sleep(Duration::from_secs(refresh)).await;
     let m1 = scrape(metrics);
     let cpu1 = cpu_secs(pid);
+    let (all_gets, all_429) = vault_counters();
     let delta = |p: &str| metric(&m1, p) - metric(&m0, p);
     let gets = delta("kvbridge_controller_vault_requests_total");
     let writes = delta("kvbridge_controller_writes_total");
@@ -234,6 +245,9 @@ async fn run() {
         "  one steady refresh interval: {gets} vault GETs, {unchanged} reconciles, {writes} Secret/ConfigMap writes, controller CPU {:.2} s ({:.1}% of one core)",
         cpu1 - cpu0,
         (cpu1 - cpu0) / refresh as f64 * 100.0
+    );
+    println!(
+        "  dev vault with Key Vault's limit (4,000 per 10 s per vault): cold sync {cold_gets} GETs (incl. 429s), {cold_429} answered 429; whole run {all_gets} GETs, {all_429} answered 429"
     );
     println!(
         "  controller RSS {} (peak {})",

@@ -675,3 +675,116 @@ fn sigterm(pid: u32) {
     let rc = unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     assert_eq!(rc, 0);
 }
+
+/// Event-driven refresh end to end: the dev vault (a process) has an Event Grid subscription
+/// to the `kvbridge controller` process's endpoint (validated by the handshake, token in the
+/// `aeg-sas-key` delivery header); a new vault version reaches the Secret at once, while the
+/// resource's refresh interval is an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_vault_event_grid_events_refresh_long_before_the_interval() {
+    const NS: &str = "eventgrid";
+    let Some((cp, client)) = cluster(NS).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dev_vault(cp, dir.path());
+    let [eg_port] = testenv::process::free_ports::<1>().unwrap();
+    let c = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        (NS, NS),
+        "controller-eg",
+        &[
+            "--event-grid-port",
+            &eg_port.to_string(),
+            "--event-grid-token",
+            "eg-token",
+        ],
+    );
+    let controller = &c.child;
+    eventually("/readyz 200", controller, || async {
+        let (ok, body) = c.get("/readyz");
+        (ok && body == "ok").then_some(())
+    })
+    .await;
+
+    // The subscription: the dev vault runs the Event Grid validation handshake against the
+    // controller before accepting it; without the token the controller refuses it.
+    let admin = format!(
+        "https://localhost:{}/admin/eventgrid/subscriptions/controller",
+        vault.port
+    );
+    let endpoint = format!("http://127.0.0.1:{eg_port}/eventgrid");
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&vault.ca)
+        .args(["-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/json")
+        .arg("-d")
+        .arg(serde_json::json!({ "endpoint": endpoint }).to_string())
+        .arg(&admin)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "400",
+        "no token: refused"
+    );
+    let sub = serde_json::json!({
+        "endpoint": endpoint,
+        "schema": "EventGridSchema",
+        "headers": {"aeg-sas-key": "eg-token"},
+    });
+    vault.curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &sub.to_string(),
+        &admin,
+    ]);
+
+    let manifest = dir.path().join("akvs.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: spv.no/v2beta1
+kind: AzureKeyVaultSecret
+metadata: {{name: hourly, namespace: {NS}}}
+spec:
+  refreshInterval: 1h
+  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}
+  output: {{secret: {{name: hourly, dataKey: value}}}}
+"
+        ),
+    )
+    .unwrap();
+    apply(cp, &manifest);
+    eventually("Secret hourly", controller, || {
+        secret(&client, NS, "hourly")
+    })
+    .await;
+
+    // A new version: the dev vault's event, not the hourly refresh, brings it.
+    vault.set_secret(VAULT, "my-secret", "new version via Event Grid");
+    let t0 = Instant::now();
+    eventually("Secret updated by the event", controller, || async {
+        let s = secret(&client, NS, "hourly").await?;
+        (data(&s)["value"] == b"new version via Event Grid").then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    eprintln!("dev vault new version -> Event Grid -> Secret updated in {took:?} (refresh 1 h)");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let stats = vault.curl(&[&format!("https://localhost:{}/admin/eventgrid", vault.port)]);
+    assert!(stats["stats"]["delivered"].as_u64() >= Some(1), "{stats}");
+    let (ok, metrics) = c.get("/metrics");
+    let triggered: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kvbridge_controller_event_reconciles_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(ok && triggered >= 1.0, "{metrics}");
+}

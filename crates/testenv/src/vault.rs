@@ -268,11 +268,23 @@ pub struct DevVaultProcess {
 impl DevVaultProcess {
     /// Starts `bin dev-vault` with `--state state --seed seed`; its output goes to `log`.
     pub fn start(bin: &Path, state: &Path, seed: &Path, log: &Path) -> Result<Self, Error> {
+        Self::start_with_args(bin, state, seed, log, &[])
+    }
+
+    /// [`DevVaultProcess::start`] with more `dev-vault` arguments (e.g. `--key-vault-limits`).
+    pub fn start_with_args(
+        bin: &Path,
+        state: &Path,
+        seed: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> Result<Self, Error> {
         let mut cmd = Command::new(bin);
         cmd.args(["dev-vault", "--listen", "127.0.0.1:0", "--state"])
             .arg(state)
             .arg("--seed")
             .arg(seed)
+            .args(extra)
             .env("RUST_LOG", "info");
         let child = spawn("kvbridge dev-vault", cmd, log)?;
         let ready = state.join("ready.json");
