@@ -729,6 +729,9 @@ pub struct ResolverOptions {
     pub cache_entries: u64,
     /// Platform picked from image indexes when the pod names none.
     pub platform: Platform,
+    /// Registries (`host[:port]`, as written in images) reached over plain HTTP instead of
+    /// HTTPS (e.g. an in-cluster registry without TLS); their token realms may be HTTP too.
+    pub plain_http: Vec<String>,
 }
 
 impl Default for ResolverOptions {
@@ -739,6 +742,7 @@ impl Default for ResolverOptions {
             system_roots: true,
             cache_entries: 1024,
             platform: Platform::linux("amd64"),
+            plain_http: Vec::new(),
         }
     }
 }
@@ -843,6 +847,35 @@ impl Resolver {
 
     pub fn options(&self) -> &ResolverOptions {
         &self.options
+    }
+
+    fn http_error(&self, ctx: &Ctx<'_>, e: reqwest::Error) -> LookupError {
+        if e.is_timeout() {
+            LookupError::Timeout {
+                image: ctx.image.to_string(),
+                registry: ctx.registry(),
+                timeout: self.options.timeout,
+            }
+        } else {
+            LookupError::Http {
+                image: ctx.image.to_string(),
+                registry: ctx.registry(),
+                source: e.without_url(),
+            }
+        }
+    }
+
+    fn scheme(&self, registry: &str) -> &'static str {
+        if self
+            .options
+            .plain_http
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(registry))
+        {
+            "http"
+        } else {
+            "https"
+        }
     }
 
     /// What `image` runs, for `platform` (default: the options'), with `creds` if any. Bounded
@@ -1003,7 +1036,8 @@ impl Resolver {
         what: &'static str,
     ) -> Result<Fetched, LookupError> {
         let url = format!(
-            "https://{}/v2/{}/{}",
+            "{}://{}/v2/{}/{}",
+            self.scheme(&ctx.r.registry),
             ctx.r.api_host(),
             ctx.r.repository,
             path
@@ -1085,11 +1119,7 @@ impl Resolver {
             v.set_sensitive(true);
             req = req.header(reqwest::header::AUTHORIZATION, v);
         }
-        req.send().await.map_err(|e| LookupError::Http {
-            image: ctx.image.to_string(),
-            registry: ctx.registry(),
-            source: e.without_url(),
-        })
+        req.send().await.map_err(|e| self.http_error(ctx, e))
     }
 
     async fn read_bounded(
@@ -1110,11 +1140,7 @@ impl Resolver {
         }
         let mut body = Vec::new();
         loop {
-            let chunk = resp.chunk().await.map_err(|e| LookupError::Http {
-                image: ctx.image.to_string(),
-                registry: ctx.registry(),
-                source: e.without_url(),
-            })?;
+            let chunk = resp.chunk().await.map_err(|e| self.http_error(ctx, e))?;
             let Some(chunk) = chunk else { break };
             if body.len() + chunk.len() > limit {
                 return Err(too_large());
@@ -1156,7 +1182,13 @@ impl Resolver {
             .get("realm")
             .ok_or_else(|| invalid("Bearer without realm"))?;
         let mut url = reqwest::Url::parse(realm).map_err(|_| invalid("the realm is not a URL"))?;
-        if url.scheme() != "https" {
+        let realm_host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        if url.scheme() != "https"
+            && !(url.scheme() == "http" && self.scheme(&realm_host) == "http")
+        {
             return Err(invalid("the token realm is not https"));
         }
         {
@@ -1178,11 +1210,7 @@ impl Resolver {
             v.set_sensitive(true);
             req = req.header(reqwest::header::AUTHORIZATION, v);
         }
-        let resp = req.send().await.map_err(|e| LookupError::Http {
-            image: ctx.image.to_string(),
-            registry: ctx.registry(),
-            source: e.without_url(),
-        })?;
+        let resp = req.send().await.map_err(|e| self.http_error(ctx, e))?;
         let status = resp.status();
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(LookupError::Unauthorized {
@@ -1408,6 +1436,253 @@ mod tests {
         );
         assert!(parse_token(br#"{"token": "a\nb"}"#).is_none());
         assert!(parse_token(b"nope").is_none());
+    }
+
+    /// What the fake registry answers for a request path.
+    enum Reply {
+        /// Status line + headers + body, written as they are.
+        Raw(Vec<u8>),
+        /// Headers, then an endless chunked body.
+        Endless,
+        /// Nothing, ever.
+        Hang,
+    }
+
+    fn http(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
+        for (k, v) in headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(body);
+        Reply::Raw(out)
+    }
+
+    /// A hostile registry on loopback (plain HTTP): each request's path and `Authorization`
+    /// header go to `handler`. Returns `host:port`.
+    async fn fake_registry(
+        handler: impl Fn(&str, Option<&str>) -> Reply + Send + Sync + 'static,
+    ) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let handler = Arc::new(handler);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(byte[0]);
+                        }
+                        let head = String::from_utf8_lossy(&head).to_string();
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let auth = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("authorization: "))
+                            .map(str::to_string);
+                        match handler(&path, auth.as_deref()) {
+                            Reply::Raw(bytes) => {
+                                if tcp.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Reply::Endless => {
+                                let _ = tcp
+                                    .write_all(
+                                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                                    )
+                                    .await;
+                                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                                while tcp.write_all(chunk.as_bytes()).await.is_ok() {}
+                                return;
+                            }
+                            Reply::Hang => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        host
+    }
+
+    fn resolver(host: &str, timeout: Duration) -> Resolver {
+        Resolver::new(ResolverOptions {
+            timeout,
+            system_roots: false,
+            plain_http: vec![host.to_string()],
+            ..ResolverOptions::default()
+        })
+        .unwrap()
+    }
+
+    fn image_documents() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let config = br#"{"config": {"Entrypoint": ["/srv"], "Cmd": ["--fast"]}}"#.to_vec();
+        let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+            "layers": []}).to_string().into_bytes();
+        let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256_digest(&manifest),
+                "size": manifest.len(), "platform": {"os": "linux", "architecture": "amd64"}}]})
+            .to_string()
+            .into_bytes();
+        (index, manifest, config)
+    }
+
+    #[tokio::test]
+    async fn basic_auth_flow_and_cache() {
+        let (index, manifest, config) = image_documents();
+        let (m_digest, c_digest) = (sha256_digest(&manifest), sha256_digest(&config));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        let creds = Credentials::new("u", "s3cret-pass");
+        let expected = creds.basic().to_string();
+        let host = fake_registry(move |path, auth| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if auth != Some(expected.as_str()) {
+                return http(
+                    "401 Unauthorized",
+                    &[("WWW-Authenticate", r#"Basic realm="r""#)],
+                    b"",
+                );
+            }
+            if path == "/v2/team/app/manifests/1" {
+                http(
+                    "200 OK",
+                    &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
+                    &index,
+                )
+            } else if path == format!("/v2/team/app/manifests/{m_digest}") {
+                http("200 OK", &[], &manifest)
+            } else if path == format!("/v2/team/app/blobs/{c_digest}") {
+                http("200 OK", &[], &config)
+            } else {
+                http("404 Not Found", &[], b"")
+            }
+        })
+        .await;
+        let r = resolver(&host, Duration::from_secs(5));
+        let image = format!("{host}/team/app:1");
+        let c = r.lookup(&image, Some(&creds), None).await.unwrap();
+        assert_eq!(c.compose(None), ["/srv", "--fast"]);
+        // 401 + index, manifest, config (the Basic value is remembered).
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 4);
+        r.lookup(&image, Some(&creds), None).await.unwrap();
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            5,
+            "warm: one request"
+        );
+        // Without credentials: refused, with the hint; the password is in no message.
+        let e = r.lookup(&image, None, None).await.unwrap_err();
+        assert!(
+            matches!(e, LookupError::Unauthorized { status: 401, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("imagePullSecret"), "{e}");
+        let wrong = Credentials::new("u", "wrong-pass");
+        let e = r.lookup(&image, Some(&wrong), None).await.unwrap_err();
+        assert!(e.to_string().contains("not accepted"), "{e}");
+        assert!(!format!("{e} {e:?}").contains("wrong-pass"));
+        // Another platform: none in the index.
+        let e = r
+            .lookup(&image, Some(&creds), Some(&Platform::linux("riscv64")))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("linux/amd64"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn hostile_registries_are_bounded() {
+        let (_, manifest, _) = image_documents();
+        let huge_length = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", 1u64 << 40);
+        let host = fake_registry(move |path, _| match path {
+            "/v2/a/manifests/huge" => Reply::Raw(huge_length.clone().into_bytes()),
+            "/v2/a/manifests/endless" => Reply::Endless,
+            "/v2/a/manifests/hang" => Reply::Hang,
+            "/v2/a/manifests/garbage" => http("200 OK", &[], b"\x00\xff{[not json"),
+            "/v2/a/manifests/http-realm" => http(
+                "401 Unauthorized",
+                &[(
+                    "WWW-Authenticate",
+                    r#"Bearer realm="http://evil.example/token",service="x""#,
+                )],
+                b"",
+            ),
+            "/v2/a/manifests/bad-blob" => http("200 OK", &[], &manifest),
+            p if p.starts_with("/v2/a/manifests/sha256:") => http("200 OK", &[], &manifest),
+            // The config blob's content does not match its digest.
+            p if p.starts_with("/v2/a/blobs/") => {
+                http("200 OK", &[], br#"{"config": {"Entrypoint": ["/evil"]}}"#)
+            }
+            "/v2/a/manifests/loop" => {
+                http("302 Found", &[("Location", "/v2/a/manifests/loop")], b"")
+            }
+            _ => http("500 Internal Server Error", &[], b""),
+        })
+        .await;
+        let r = resolver(&host, Duration::from_millis(1500));
+        let lookup = |tag: &str| {
+            let image = format!("{host}/a:{tag}");
+            let r = &r;
+            async move { r.lookup(&image, None, None).await.unwrap_err() }
+        };
+        assert!(matches!(
+            lookup("huge").await,
+            LookupError::TooLarge {
+                limit: MAX_MANIFEST,
+                ..
+            }
+        ));
+        assert!(matches!(
+            lookup("endless").await,
+            LookupError::TooLarge {
+                limit: MAX_MANIFEST,
+                ..
+            }
+        ));
+        assert!(matches!(lookup("hang").await, LookupError::Timeout { .. }));
+        assert!(matches!(
+            lookup("garbage").await,
+            LookupError::Invalid {
+                what: "manifest",
+                ..
+            }
+        ));
+        let e = lookup("http-realm").await;
+        assert!(e.to_string().contains("not https"), "{e}");
+        let e = lookup("bad-blob").await;
+        assert!(
+            matches!(&e, LookupError::Invalid { what: "config", reason, .. } if reason.contains("is not")),
+            "{e}"
+        );
+        assert!(matches!(
+            lookup("loop").await,
+            LookupError::Http { .. } | LookupError::Status { .. }
+        ));
+        assert!(matches!(
+            lookup("other").await,
+            LookupError::Status { status: 500, .. }
+        ));
+        // A digest reference whose content differs is refused.
+        let wrong = format!("{host}/a@sha256:{}", "0".repeat(64));
+        let e = r.lookup(&wrong, None, None).await.unwrap_err();
+        assert!(
+            matches!(&e, LookupError::Invalid { what: "manifest", reason, .. } if reason.contains("is not")),
+            "{e}"
+        );
     }
 
     proptest! {

@@ -966,6 +966,89 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
         ["sh", "-c", script, "amd64-cmd", "a", "b"]
     );
 
+    // --on-lookup-failure allow: a second webhook process, for a namespace of its own; a pod
+    // whose image cannot be read (no credentials) is stored unmodified.
+    let (_lenient, lenient_url) = start_webhook(
+        cp,
+        &vault,
+        &cert,
+        &key,
+        &[
+            format!("--registry-ca-file={}", cas.display()),
+            "--on-lookup-failure=allow".into(),
+        ],
+    );
+    let lenient_ns = cp.namespace(&client, "lenient").await.unwrap();
+    let lenient_config = format!("kvbridge-env-{lenient_ns}");
+    configs
+        .create(
+            &PostParams::default(),
+            &MutatingWebhookConfiguration {
+                metadata: ObjectMeta {
+                    name: Some(lenient_config.clone()),
+                    ..Default::default()
+                },
+                webhooks: Some(vec![webhook_entry(
+                    "lenient.env.kvbridge.io",
+                    &lenient_url,
+                    &cert,
+                    LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".into(),
+                            lenient_ns.clone(),
+                        )])),
+                        ..Default::default()
+                    },
+                )]),
+            },
+        )
+        .await
+        .unwrap();
+    let lenient_akvs: Api<controller::crd::AzureKeyVaultSecret> =
+        Api::namespaced(client.clone(), &lenient_ns);
+    lenient_akvs
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
+                "metadata": {"name": "db"},
+                "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"}}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let lenient_pods: Api<Pod> = Api::namespaced(client.clone(), &lenient_ns);
+    let mut with_command = image_pod("with-command", json!({}));
+    with_command.spec.as_mut().unwrap().containers[0].command = Some(vec!["true".into()]);
+    let t0 = Instant::now();
+    while lenient_pods
+        .create(&dry, &with_command)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .init_containers
+        .is_none()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "lenient webhook never called"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = lenient_pods
+        .create(&PostParams::default(), &image_pod("no-secret", json!({})))
+        .await
+        .unwrap();
+    let spec = p.spec.unwrap();
+    assert!(spec.init_containers.is_none());
+    assert_eq!(spec.containers[0].command, None);
+    configs
+        .delete(&lenient_config, &DeleteParams::default())
+        .await
+        .unwrap();
+
     configs
         .delete(&config_name, &DeleteParams::default())
         .await

@@ -72,6 +72,9 @@ pub struct Args {
     /// Extra CA certificates (PEM) trusted for registries, besides the system's.
     #[arg(long)]
     registry_ca_file: Option<PathBuf>,
+    /// Registry (`host[:port]` as images name it) reached over plain HTTP (repeatable).
+    #[arg(long = "plain-http-registry", value_name = "HOST")]
+    plain_http_registries: Vec<String>,
     /// Bound on one image's entrypoint lookup (all its registry requests).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     registry_timeout: Duration,
@@ -114,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 timeout: args.registry_timeout,
                 ca_file: args.registry_ca_file,
                 platform: args.default_platform,
+                plain_http: args.plain_http_registries,
                 ..ResolverOptions::default()
             })
             .context("registry client")?,
