@@ -228,6 +228,7 @@ async fn sync(obj: &DynamicObject, ctx: &Ctx) -> Result<Vec<(String, Outcome)>, 
         construct_pem_chain: true,
         write_cert_and_key_in_separate_files: false,
         default_file_mode: 0o644,
+        system_trust: None,
     };
     let rendered = mount::mount_files(&source, &parsed.objects, &options, 8)
         .await

@@ -357,8 +357,14 @@ impl Applier<'_> {
                 pki::generate_key(kind).map_err(|e| self.err(format!("{what}.generate"), e))?;
             let req = pki::CertRequest {
                 subject: g.subject.clone(),
-                dns_names: g.sans.clone(),
-                ip_addresses: Vec::new(),
+                // An entry that parses as an IP address is an IP SAN (tests serve on 127.0.0.1).
+                dns_names: g
+                    .sans
+                    .iter()
+                    .filter(|s| s.parse::<std::net::IpAddr>().is_err())
+                    .cloned()
+                    .collect(),
+                ip_addresses: g.sans.iter().filter_map(|s| s.parse().ok()).collect(),
                 is_ca: g.ca,
                 validity_days: match g.validity_days {
                     None => {

@@ -151,7 +151,7 @@ impl Resolved {
 }
 
 /// Identity of one read: the selection and a key for sharing clients and deduplicating reads.
-fn identity_of(
+pub(crate) fn identity_of(
     r: &Reference,
     lookup: &dyn Fn(&str) -> Option<OsString>,
 ) -> Result<Identity, VarFailure> {

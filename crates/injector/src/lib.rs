@@ -20,4 +20,6 @@ pub mod query;
 pub mod registry;
 pub mod spec;
 pub mod tls;
+pub mod trust;
+pub mod trust_mutate;
 pub mod webhook;

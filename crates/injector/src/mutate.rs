@@ -129,7 +129,7 @@ pub fn uses(pod: &Pod) -> Result<Vec<Use>, Refusal> {
 type Extra = Vec<EnvVar>;
 
 /// One `AzureKeyVaultSecret` as the container will use it.
-fn reference(
+pub(crate) fn reference(
     name: &str,
     spec: &AzureKeyVaultSecretSpec,
     pod: &Pod,

@@ -28,6 +28,7 @@ use crate::admission::{self, AdmissionRequest, Verdict, MAX_BODY};
 use crate::lookup::{self, OnLookupFailure};
 use crate::mutate::{self, MutateConfig};
 use crate::registry::Resolver;
+use crate::trust_mutate;
 
 /// Namespaces never mutated (besides the webhook's own).
 pub const SKIPPED_NAMESPACES: [&str; 1] = ["kube-system"];
@@ -100,12 +101,18 @@ impl Webhook {
             Ok(u) => u,
             Err(e) => return deny(400, e.to_string()),
         };
-        if uses.is_empty() {
+        let trust_names = match trust_mutate::requested(&pod) {
+            Ok(n) => n,
+            Err(e) => return deny(400, e.to_string()),
+        };
+        if uses.is_empty() && trust_names.is_empty() {
             return Verdict::Allow;
         }
         // Opted in by the pod (`kvbridge.io/inject`) or its namespace: checked here too, so that
-        // a registration sending more pods than the opted-in ones mutates only those.
-        if !lookup::pod_opted_in(&pod) {
+        // a registration sending more pods than the opted-in ones mutates only those. The trust
+        // annotation is its own explicit request: it applies whatever the opt-in.
+        let mut uses = uses;
+        if !uses.is_empty() && !lookup::pod_opted_in(&pod) {
             match tokio::time::timeout(
                 LOOKUP_TIMEOUT,
                 self.namespaces.enabled(&self.client, &namespace),
@@ -113,7 +120,8 @@ impl Webhook {
             .await
             {
                 Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Verdict::Allow,
+                Ok(Ok(false)) if trust_names.is_empty() => return Verdict::Allow,
+                Ok(Ok(false)) => uses.clear(),
                 Ok(Err(e)) => {
                     return deny(500, format!("cannot read namespace {namespace:?}: {e}"))
                 }
@@ -127,7 +135,11 @@ impl Webhook {
                 }
             }
         }
-        let mut names: Vec<&str> = uses.iter().map(|u| u.akvs.as_str()).collect();
+        let mut names: Vec<&str> = uses
+            .iter()
+            .map(|u| u.akvs.as_str())
+            .chain(trust_names.iter().map(String::as_str))
+            .collect();
         names.sort_unstable();
         names.dedup();
         if names.len() > MAX_REFERENCES {
@@ -181,7 +193,15 @@ impl Webhook {
             let t = self.cloud.resolve_name(vault);
             (t.cloud, t.vault_url)
         };
-        match mutate::patch(&pod, &namespace, &specs, &self.mutate, &target) {
+        let env_ops = if uses.is_empty() {
+            Ok(None)
+        } else {
+            mutate::patch(&pod, &namespace, &specs, &self.mutate, &target)
+        };
+        let ops = env_ops.and_then(|ops| {
+            trust_mutate::combine(&pod, ops, &namespace, &specs, &self.mutate, &target)
+        });
+        match ops {
             Ok(Some(ops)) => {
                 tracing::info!(
                     namespace,
@@ -192,8 +212,9 @@ impl Webhook {
                         .or(pod.metadata.generate_name.as_deref())
                         .unwrap_or(""),
                     references = specs.len(),
+                    trust = trust_names.len(),
                     dry_run = req.dry_run.unwrap_or(false),
-                    "pod mutated for kvbridge env"
+                    "pod mutated for kvbridge env / trust"
                 );
                 Verdict::Patch(ops)
             }

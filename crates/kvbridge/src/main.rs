@@ -34,6 +34,8 @@ enum Command {
     Webhook(cmd::webhook::Args),
     /// Copy this binary to a path (the webhook's init container runs it).
     CopySelf(cmd::copy_self::Args),
+    /// Write a CA trust bundle (system bundle + Key Vault CAs; PEM and PKCS#12) into a directory.
+    Trust(cmd::trust::Args),
 }
 
 fn init_tracing() {
@@ -101,6 +103,7 @@ fn main() -> std::process::ExitCode {
             Command::Flexvolume(args) => cmd::flexvolume::run(args).await,
             Command::Webhook(args) => cmd::webhook::run(args).await,
             Command::CopySelf(args) => cmd::copy_self::run(args),
+            Command::Trust(args) => cmd::trust::run(args).await,
             Command::Controller(args) => cmd::controller::run(args).await,
             // Handled before this runtime exists.
             Command::Env(_) => Err(anyhow::anyhow!("kvbridge env runs without this runtime")),

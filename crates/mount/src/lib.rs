@@ -19,6 +19,7 @@ mod fetch;
 pub mod identity;
 mod source;
 pub mod target;
+pub mod trust;
 pub mod writer;
 
 pub use error::MountError;

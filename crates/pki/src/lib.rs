@@ -23,7 +23,7 @@ pub use jwk::{
 pub use jws::{jws_sign, jws_verify};
 pub use keys::{generate_key, spki_der, Curve, KeyKind, PrivateKey};
 pub use pem::{bundle_to_pem, parse_pem_bundle, pem_encode, spki_from_pem};
-pub use pfx::{build_pfx, parse_pfx};
+pub use pfx::{build_pfx, build_truststore, parse_pfx};
 pub use x509::{cert_info, order_chain, CertInfo};
 
 /// A private key (if any) and certificates (DER, in input order).

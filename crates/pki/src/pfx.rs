@@ -74,3 +74,23 @@ pub fn build_pfx(key: &PrivateKey, certs: &[Vec<u8>]) -> Result<Vec<u8>, PkiErro
         .write()
         .map_err(map_err)
 }
+
+/// Builds a PKCS#12 trust store: one trusted-certificate bag per certificate (Java's
+/// `trustedCertEntry`: the bag carries Oracle's trusted-key-usage attribute), under the given
+/// aliases (friendlyName), no private key. Java loads it with
+/// `-Djavax.net.ssl.trustStoreType=PKCS12` and `-Djavax.net.ssl.trustStorePassword=<password>`.
+pub fn build_truststore(certs: &[(String, Vec<u8>)], password: &str) -> Result<Vec<u8>, PkiError> {
+    let mut store = KeyStore::new();
+    for (alias, der) in certs {
+        let cert = Certificate::from_der(der).map_err(map_err)?;
+        store.add_entry(alias, KeyStoreEntry::Certificate(cert));
+    }
+    store
+        .writer(password)
+        .encryption_algorithm(EncryptionAlgorithm::PbeWithHmacSha256AndAes256)
+        .mac_algorithm(MacAlgorithm::HmacSha256)
+        .encryption_iterations(2048)
+        .mac_iterations(2048)
+        .write()
+        .map_err(map_err)
+}

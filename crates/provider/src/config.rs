@@ -55,6 +55,9 @@ pub struct ProviderConfig {
     pub cache: CacheConfig,
     /// Bounds on the provider socket's connections.
     pub connections: crate::listener::ConnLimits,
+    /// The system CA bundle (PEM) that objects with kvbridge's `objectFormat: trust-bundle` /
+    /// `truststore` start from (read once at start; `None`: the Key Vault CAs alone).
+    pub system_trust: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Default for ProviderConfig {
@@ -71,6 +74,7 @@ impl Default for ProviderConfig {
             max_concurrent_mounts: DEFAULT_MAX_CONCURRENT_MOUNTS,
             cache: CacheConfig::default(),
             connections: crate::listener::ConnLimits::default(),
+            system_trust: None,
         }
     }
 }

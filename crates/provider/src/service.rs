@@ -159,6 +159,7 @@ impl ProviderService {
             construct_pem_chain: self.config.construct_pem_chain,
             write_cert_and_key_in_separate_files: self.config.write_cert_and_key_in_separate_files,
             default_file_mode: d.mode,
+            system_trust: self.config.system_trust.clone(),
         };
         tracing::debug!(
             pod = %format!("{}/{}", d.attrs.get(ATTR_POD_NAMESPACE).map(String::as_str).unwrap_or(""), d.attrs.get(ATTR_POD_NAME).map(String::as_str).unwrap_or("")),

@@ -18,3 +18,4 @@ pub mod manifest;
 pub mod output;
 pub mod params;
 pub mod render;
+pub mod trust;

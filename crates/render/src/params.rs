@@ -8,6 +8,10 @@
 //!   `Secret` is rejected with an error naming the field rather than silently accepted;
 //! - `objectFormat` and `objectEncoding` are case-insensitive (the provider uses `EqualFold`);
 //!   unlike the provider, `PFX` (any case) on a key/cert is rejected too;
+//! - kvbridge-only `objectFormat` values (the Azure provider rejects them, so no existing class
+//!   uses them): `trust-bundle` (PEM: the system bundle plus the object's CA certificates) and
+//!   `truststore` (the same as a PKCS#12 trust store for Java), for objectType `cert` or `secret`
+//!   ([`crate::trust`]);
 //! - file names: relative, never containing `..` anywhere (the provider's fallback check), so
 //!   they also cannot clash with the writer's `..data` / `..<timestamp>` entries.
 
@@ -89,6 +93,17 @@ pub use model::ObjectKind;
 pub enum ObjectFormat {
     Pem,
     Pfx,
+    /// kvbridge only: the system bundle plus the object's CA certificates, PEM.
+    TrustBundle,
+    /// kvbridge only: the same as a PKCS#12 trust store ([`crate::trust::TRUSTSTORE_PASSWORD`]).
+    TrustStore,
+}
+
+impl ObjectFormat {
+    /// A CA trust format ([`crate::trust`]).
+    pub fn is_trust(self) -> bool {
+        matches!(self, ObjectFormat::TrustBundle | ObjectFormat::TrustStore)
+    }
 }
 
 /// `objectEncoding`.
@@ -536,12 +551,25 @@ fn parse_object(index: usize, item: &Value) -> Result<ObjectSpec, ParamError> {
         ObjectFormat::Pem
     } else if format_str.eq_ignore_ascii_case("pfx") {
         ObjectFormat::Pfx
+    } else if format_str.eq_ignore_ascii_case("trust-bundle") {
+        ObjectFormat::TrustBundle
+    } else if format_str.eq_ignore_ascii_case("truststore") {
+        ObjectFormat::TrustStore
     } else {
         return Err(err(
             "objectFormat",
-            format!("invalid value {format_str:?}: should be pem or pfx"),
+            format!(
+                "invalid value {format_str:?}: should be pem or pfx (or kvbridge's trust-bundle or truststore)"
+            ),
         ));
     };
+    if format.is_trust() && object_type == ObjectKind::Key {
+        return Err(err(
+            "objectFormat",
+            "trust-bundle and truststore are only supported for objectType cert or secret, not key"
+                .to_string(),
+        ));
+    }
     if format == ObjectFormat::Pfx && object_type != ObjectKind::Secret {
         return Err(err(
             "objectFormat",

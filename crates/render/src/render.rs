@@ -145,6 +145,9 @@ pub struct RenderOptions {
     pub write_cert_and_key_in_separate_files: bool,
     /// The mount's permission, used when an object has no `filePermission`.
     pub default_file_mode: u32,
+    /// The system CA bundle (PEM bytes) the trust formats (`objectFormat: trust-bundle`,
+    /// `truststore`) start from; `None`: the Key Vault CAs alone.
+    pub system_trust: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Default for RenderOptions {
@@ -153,6 +156,7 @@ impl Default for RenderOptions {
             construct_pem_chain: true,
             write_cert_and_key_in_separate_files: false,
             default_file_mode: crate::params::DEFAULT_FILE_MODE,
+            system_trust: None,
         }
     }
 }
@@ -401,6 +405,9 @@ pub fn render_object(
         ));
     }
     let mode = spec.mode(opts.default_file_mode);
+    if spec.format.is_trust() {
+        return render_trust(spec, fetched, path, mode, opts);
+    }
     match fetched {
         Fetched::Key(k) => Ok(vec![OutFile::new(
             path,
@@ -418,6 +425,58 @@ pub fn render_object(
         }
         Fetched::Secret(s) => render_secret(spec, s, path, mode, opts),
     }
+}
+
+/// `objectFormat: trust-bundle` / `truststore`: the object's CA certificates (a certificate's
+/// `cer`, or the certificates of a secret: certificate-backed or PEM text) after the system
+/// bundle.
+fn render_trust(
+    spec: &ObjectSpec,
+    fetched: &Fetched,
+    path: &str,
+    mode: u32,
+    opts: &RenderOptions,
+) -> Result<Vec<OutFile>, RenderError> {
+    let fail = |e: crate::trust::TrustError| obj_err(spec, "objectFormat", keyvault_free_chain(&e));
+    let set = match fetched {
+        Fetched::Cert(c) => {
+            crate::trust::CaSet::from_der(&spec.name, std::slice::from_ref(&c.cer_der))
+        }
+        Fetched::Secret(s) if s.kid.as_deref().is_some_and(|k| !k.is_empty()) => {
+            let bundle = cert_secret_bundle(spec, &s.value, s.content_type.as_deref())?;
+            crate::trust::CaSet::from_der(&spec.name, &bundle.certs)
+        }
+        Fetched::Secret(s) => crate::trust::CaSet::from_pem(&spec.name, &s.value),
+        Fetched::Key(_) => return Err(obj_err(spec, "objectFormat", "a key holds no certificate")),
+    }
+    .map_err(fail)?;
+    let trust_pem = spec.format == ObjectFormat::TrustBundle;
+    let bundle = crate::trust::build(
+        opts.system_trust.as_deref().map(Vec::as_slice),
+        &[set],
+        crate::trust::Outputs {
+            pem: trust_pem,
+            p12: !trust_pem,
+        },
+    )
+    .map_err(fail)?;
+    Ok(vec![OutFile::new(
+        path,
+        mode,
+        if trust_pem { bundle.pem } else { bundle.p12 },
+    )])
+}
+
+/// An error and its sources, `: `-joined.
+fn keyvault_free_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn key_pem(spec: &ObjectSpec, jwk: &PublicJwk) -> Result<String, RenderError> {

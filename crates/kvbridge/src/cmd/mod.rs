@@ -11,6 +11,7 @@ pub mod env;
 pub mod flexvolume;
 pub mod mount;
 pub mod provider;
+pub mod trust;
 pub mod webhook;
 
 /// The longest duration a flag accepts (longer values are surely typos, and would overflow

@@ -56,6 +56,10 @@ pub struct Args {
     /// Also write <name>.crt and <name>.key for certificate secrets.
     #[arg(long)]
     write_cert_and_key_in_separate_files: bool,
+    /// System CA bundle that objects with objectFormat trust-bundle or truststore start from:
+    /// auto (the first distribution path that exists), none, or a PEM file.
+    #[arg(long, default_value = "auto")]
+    system_bundle: mount::trust::SystemBundle,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -189,10 +193,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         source.clone()
     };
+    let system_trust = if params.objects.iter().any(|o| o.format.is_trust()) {
+        let loaded = args.system_bundle.load()?;
+        if let Some((path, bytes)) = &loaded {
+            tracing::info!(path = %path.display(), bytes = bytes.len(), "system CA bundle for the trust objects");
+        }
+        loaded.map(|(_, bytes)| std::sync::Arc::new(bytes))
+    } else {
+        None
+    };
     let render_opts = RenderOptions {
         construct_pem_chain: args.construct_pem_chain,
         write_cert_and_key_in_separate_files: args.write_cert_and_key_in_separate_files,
         default_file_mode: args.permission,
+        system_trust,
     };
     std::fs::create_dir_all(&args.target)
         .with_context(|| format!("cannot create --target {}", args.target.display()))?;

@@ -79,6 +79,10 @@ pub struct Args {
     /// The default stays below Key Vault's published 4,000 GETs per 10 s per vault.
     #[arg(long, default_value_t = 200.0)]
     rate_limit: f64,
+    /// System CA bundle that objects with objectFormat trust-bundle or truststore start from
+    /// (read once at start): auto (the first distribution path that exists), none, or a file.
+    #[arg(long, default_value = "auto")]
+    system_bundle: mount::trust::SystemBundle,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -97,6 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             versioned_ttl: args.cache_ttl_versioned,
             max_entries: args.cache_max_entries.max(1),
         },
+        system_trust: args.system_bundle.load()?.map(|(_, bytes)| Arc::new(bytes)),
         ..ProviderConfig::default()
     };
     config.client.ca_file = args.ca_file.clone();
