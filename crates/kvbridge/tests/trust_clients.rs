@@ -27,24 +27,7 @@ fn repo() -> PathBuf {
 
 /// A vault holding a root CA (as a certificate and as a PEM secret) and a server certificate
 /// for 127.0.0.1 / localhost issued by it.
-const SEED: &str = r#"
-tenant: 6d2b6f1e-0e4c-4a8e-9a57-6b7662726467
-vaults:
-  - name: trust-demo
-    certificates:
-      - name: corp-root
-        generate: {subject: "CN=kvbridge Trust Test Root CA, O=kvbridge", ca: true, keyType: EC, curve: P-256, validityDays: 30}
-        contentType: application/x-pem-file
-      - name: server-tls
-        generate: {subject: "CN=localhost", sans: [localhost, 127.0.0.1], issuer: corp-root, keyType: EC, curve: P-256, validityDays: 30}
-        contentType: application/x-pem-file
-    secrets:
-      - name: corp-root-pem
-        valueFromCertificate: corp-root
-identities:
-  - clientId: kvbridge-dev
-    secret: kvbridge-dev-secret
-"#;
+const SEED: &str = include_str!("fixtures/trust-vault.yaml");
 
 fn stderr(o: &Output) -> String {
     format!(

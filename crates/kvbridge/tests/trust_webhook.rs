@@ -1,0 +1,379 @@
+//! CA trust through the real kube-apiserver: `kvbridge webhook` as a real process behind a
+//! MutatingWebhookConfiguration; a Pod annotated `kvbridge.io/trust` is stored with the trust
+//! init step, the bundle mounted over the distributions' trust-store paths and the client
+//! variables; the stored init step, run as kubelet would (secretKeyRef variables from the
+//! Secret), builds the bundle from the dev vault.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::ByteString;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use serde_json::json;
+use testenv::vault::DevVaultProcess;
+
+/// Its own namespace label, so that the other webhook tests' configurations never select
+/// these namespaces (and this one never theirs).
+const LABEL: &str = "kvbridge.test/trust-injection";
+const CONFIG: &str = "kvbridge-trust-injector";
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kvbridge")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serving_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=kvbridge-webhook"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
+
+fn pod(name: &str, trust: Option<&str>) -> Pod {
+    let annotations = trust.map(|t| json!({"kvbridge.io/trust": t}));
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "registry.example/app:1", "command": ["java", "-jar", "app.jar"],
+                 "env": [{"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx64m"}]},
+                {"name": "proxy", "image": "registry.example/proxy:2", "command": ["proxy"]}
+            ]
+        }
+    }))
+    .unwrap()
+}
+
+fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
+    let Some(cp) = testenv::control_plane().await else {
+        return;
+    };
+    let client = cp.client().await.expect("client");
+    cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
+        .await
+        .expect("CRDs");
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.yaml");
+    std::fs::write(&seed, include_str!("fixtures/trust-vault.yaml")).unwrap();
+    let vault = DevVaultProcess::start(
+        Path::new(bin()),
+        &dir.path().join("vault"),
+        &seed,
+        &dir.path().join("vault.log"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let (cert, key) = serving_cert(dir.path());
+    let mut child = Command::new(bin())
+        .args([
+            "webhook",
+            "--listen",
+            "127.0.0.1:0",
+            "--image",
+            "kvbridge:test",
+        ])
+        .arg("--no-registry-lookup")
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .args(["--tenant-id", &vault.tenant])
+        .arg("--cloud-env-file")
+        .arg(&vault.cloud_env_file)
+        .arg(format!("--env-arg=--ca-file={}", vault.ca.display()))
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env_remove("POD_NAMESPACE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _webhook = Killed(child);
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("kvbridge webhook listening on ")
+        .unwrap_or_else(|| panic!("banner: {line:?}"))
+        .to_string();
+
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(CONFIG.into()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "trust.kvbridge.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Fail".into()),
+            timeout_seconds: Some(10),
+            client_config: WebhookClientConfig {
+                url: Some(url),
+                ca_bundle: Some(ByteString(std::fs::read(&cert).unwrap())),
+                service: None,
+            },
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: None,
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(LABEL.into(), "enabled".into())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+    };
+    let _ = configs.delete(CONFIG, &DeleteParams::default()).await;
+    configs
+        .create(&PostParams::default(), &config)
+        .await
+        .unwrap();
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"generateName": "trust-",
+                "labels": {LABEL: "enabled", "kvbridge.test/testenv": "true"}}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .metadata
+        .name
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "creds"},
+                "stringData": {"clientid": "kvbridge-dev", "clientsecret": "kvbridge-dev-secret"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), &ns);
+    let a = serde_json::from_value(json!({
+        "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
+        "metadata": {"name": "corp-ca"},
+        "spec": {"vault": {"name": "trust-demo", "object": {"name": "corp-root", "type": "certificate"},
+            "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
+    }))
+    .unwrap();
+    akvs.create(&PostParams::default(), &a).await.unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let app = pod("app", Some("corp-ca"));
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let mutated_dry = loop {
+        let p = pods.create(&dry, &app).await.unwrap();
+        if p.spec.as_ref().unwrap().init_containers.is_some() {
+            break p;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "webhook never called"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        pods.get_opt("app").await.unwrap().is_none(),
+        "dry-run stored nothing"
+    );
+
+    pods.create(&PostParams::default(), &app).await.unwrap();
+    let stored = pods.get("app").await.unwrap();
+    assert_eq!(
+        stored.spec.as_ref().unwrap().containers,
+        mutated_dry.spec.as_ref().unwrap().containers
+    );
+    let spec = stored.spec.as_ref().unwrap();
+    let init = spec.init_containers.as_ref().unwrap();
+    let names: Vec<&str> = init.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["kvbridge-install", "kvbridge-trust"]);
+    let builder = &init[1];
+    assert_eq!(
+        builder.image.as_deref(),
+        Some("registry.example/app:1"),
+        "the app's image"
+    );
+    let command = builder.command.clone().unwrap();
+    assert_eq!(
+        command,
+        [
+            "/kvbridge/kvbridge".to_string(),
+            "trust".into(),
+            "--out".into(),
+            "/var/run/kvbridge/trust".into(),
+            format!("--ca-file={}", vault.ca.display()),
+        ]
+    );
+    let trust_volume = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "kvbridge-trust")
+        .unwrap();
+    assert_eq!(
+        trust_volume.empty_dir.as_ref().unwrap().medium.as_deref(),
+        Some("Memory")
+    );
+    for c in &spec.containers {
+        let mounts: Vec<(&str, Option<&str>)> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.name == "kvbridge-trust")
+            .map(|m| (m.mount_path.as_str(), m.sub_path.as_deref()))
+            .collect();
+        for path in render::trust::SYSTEM_BUNDLE_PATHS {
+            assert!(
+                mounts.contains(&(path, Some("ca-certificates.crt"))),
+                "{}: {mounts:?}",
+                c.name
+            );
+        }
+        let pem = "/var/run/kvbridge/trust/ca-certificates.crt";
+        assert_eq!(env_value(c, "SSL_CERT_FILE"), Some(pem));
+        assert_eq!(env_value(c, "REQUESTS_CA_BUNDLE"), Some(pem));
+        assert_eq!(env_value(c, "NODE_EXTRA_CA_CERTS"), Some(pem));
+        assert!(env_value(c, "JAVA_TOOL_OPTIONS")
+            .unwrap()
+            .contains("-Djavax.net.ssl.trustStore=/var/run/kvbridge/trust/truststore.p12 -Djavax.net.ssl.trustStoreType=PKCS12"));
+    }
+    assert!(env_value(&spec.containers[0], "JAVA_TOOL_OPTIONS")
+        .unwrap()
+        .starts_with("-Xmx64m -D"));
+    assert_eq!(
+        spec.containers[0].command.as_deref().unwrap(),
+        ["java", "-jar", "app.jar"],
+        "no placeholder: the command is untouched"
+    );
+    let annotations = stored.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations["kvbridge.io/trust-injected"], "true");
+
+    // The stored init step, started as kubelet would, writing into a directory standing in
+    // for the memory volume.
+    let out_dir = dir.path().join("trust-volume");
+    let creds = secrets.get("creds").await.unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["trust", "--out"])
+        .arg(&out_dir)
+        .args(&command[4..])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    for e in builder.env.as_ref().unwrap() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => {
+                let r = from.secret_key_ref.as_ref().unwrap();
+                assert_eq!(r.name, "creds");
+                String::from_utf8(creds.data.as_ref().unwrap()[&r.key].0.clone()).unwrap()
+            }
+            _ => panic!("{e:?}"),
+        };
+        cmd.env(&e.name, value);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(out_dir.join("ca-certificates.crt")).unwrap();
+    let parsed = pki::parse_pem_bundle(&text).unwrap();
+    assert!(parsed.certs.iter().any(|c| pki::cert_info(c)
+        .unwrap()
+        .subject
+        .contains("kvbridge Trust Test Root CA")));
+    let store = pki::parse_pfx(
+        &std::fs::read(out_dir.join("truststore.p12")).unwrap(),
+        render::trust::TRUSTSTORE_PASSWORD,
+    )
+    .unwrap();
+    assert_eq!(store.certs.len(), parsed.certs.len());
+
+    // A missing AzureKeyVaultSecret: refused, naming it; a malformed list: refused.
+    for (name, trust, expect) in [
+        ("ghost", "corp-ca,ghost-ca", "\"ghost-ca\""),
+        ("bad", "Corp_CA", "kvbridge.io/trust"),
+    ] {
+        let e = pods
+            .create(&PostParams::default(), &pod(name, Some(trust)))
+            .await
+            .unwrap_err();
+        let msg = match e {
+            kube::Error::Api(s) => s.message,
+            other => panic!("expected a denial, got {other}"),
+        };
+        assert!(msg.contains(expect), "{msg}");
+    }
+    // No annotation: stored unchanged.
+    let plain = pods
+        .create(&PostParams::default(), &pod("plain", None))
+        .await
+        .unwrap();
+    assert!(plain.spec.unwrap().init_containers.is_none());
+
+    configs
+        .delete(CONFIG, &DeleteParams::default())
+        .await
+        .unwrap();
+}
