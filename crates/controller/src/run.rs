@@ -457,3 +457,87 @@ pub async fn kube_client(
     };
     kube::Client::try_from(config).map_err(ConnectError::Client)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, OwnerReference};
+    use kube::api::ObjectMeta;
+    use std::collections::BTreeMap;
+
+    fn meta() -> ObjectMeta {
+        ObjectMeta {
+            name: Some("out".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u-1".into()),
+            resource_version: Some("42".into()),
+            labels: Some(BTreeMap::from([(MANAGED_BY.0.into(), MANAGED_BY.1.into())])),
+            annotations: Some(BTreeMap::from([
+                (HASH_ANNOTATION.into(), "h".into()),
+                (
+                    "kubectl.kubernetes.io/last-applied-configuration".into(),
+                    "{...}".into(),
+                ),
+            ])),
+            owner_references: Some(vec![OwnerReference {
+                uid: "owner".into(),
+                controller: Some(true),
+                ..Default::default()
+            }]),
+            managed_fields: Some(vec![ManagedFieldsEntry::default(); 3]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn stores_keep_what_the_controller_reads() {
+        let mut out = PartialObjectMeta::<Secret> {
+            types: None,
+            metadata: meta(),
+            _phantom: Default::default(),
+        };
+        trim_output(&mut out);
+        let m = &out.metadata;
+        assert_eq!(
+            m.annotations,
+            Some(BTreeMap::from([(HASH_ANNOTATION.into(), "h".into())]))
+        );
+        assert!(m.managed_fields.is_none() && m.labels.is_none());
+        assert_eq!(m.resource_version.as_deref(), Some("42"));
+        assert_eq!(m.uid.as_deref(), Some("u-1"));
+        assert_eq!(m.owner_references.as_ref().map(Vec::len), Some(1));
+        assert_eq!(
+            (m.name.as_deref(), m.namespace.as_deref()),
+            (Some("out"), Some("ns"))
+        );
+
+        let mut out = PartialObjectMeta::<ConfigMap> {
+            types: None,
+            metadata: ObjectMeta {
+                annotations: None,
+                ..meta()
+            },
+            _phantom: Default::default(),
+        };
+        trim_output(&mut out);
+        assert!(out.metadata.annotations.is_none());
+
+        let mut akvs: AzureKeyVaultSecret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "u", "generation": 3},
+            "spec": {"vault": {"name": "kv", "object": {"name": "s", "type": "secret"}},
+                     "output": {"secret": {"name": "s", "dataKey": "v"}}},
+            "status": {"secretHash": "h"}
+        }))
+        .unwrap();
+        akvs.metadata.managed_fields = meta().managed_fields;
+        akvs.metadata.annotations = meta().annotations;
+        let spec = serde_json::to_value(&akvs.spec).unwrap();
+        trim_resource(&mut akvs);
+        assert!(akvs.metadata.managed_fields.is_none() && akvs.metadata.annotations.is_none());
+        assert_eq!(akvs.metadata.generation, Some(3));
+        assert_eq!(akvs.metadata.uid.as_deref(), Some("u"));
+        assert_eq!(serde_json::to_value(&akvs.spec).unwrap(), spec);
+        assert_eq!(akvs.status.unwrap().secret_hash.as_deref(), Some("h"));
+    }
+}
