@@ -71,10 +71,23 @@ const SCENARIOS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "webhook",
+        &[
+            "linux.enabled=false",
+            "crds.install=false",
+            "webhook.enabled=true",
+            // Applied to the shared API server with no pod behind the Service: other tests'
+            // pods must not be refused.
+            "webhook.failurePolicy=Ignore",
+        ],
+    ),
+    (
         "all",
         &[
             "flexvolume.enabled=true",
             "controller.enabled=true",
+            "webhook.enabled=true",
+            "webhook.failurePolicy=Ignore",
             "global.metrics.serviceMonitor.enabled=true",
             "writeCertAndKeyInSeparateFiles=true",
             "global.logLevel=debug",
@@ -105,6 +118,17 @@ fn expected(scenario: &str) -> BTreeSet<(String, String)> {
         ("Service", "r-kvbridge-controller-metrics"),
         ("ServiceMonitor", "r-kvbridge-controller"),
     ];
+    let webhook = [
+        ("ServiceAccount", "r-kvbridge-webhook"),
+        ("ClusterRole", "r-kvbridge-webhook"),
+        ("ClusterRoleBinding", "r-kvbridge-webhook"),
+        ("Role", "r-kvbridge-webhook-tls"),
+        ("RoleBinding", "r-kvbridge-webhook-tls"),
+        ("Service", "r-kvbridge-webhook"),
+        ("Deployment", "r-kvbridge-webhook"),
+        ("PodDisruptionBudget", "r-kvbridge-webhook"),
+        ("MutatingWebhookConfiguration", "r-kvbridge-webhook"),
+    ];
     let metrics = [
         ("Service", "r-kvbridge-provider-metrics"),
         ("ServiceMonitor", "r-kvbridge-provider"),
@@ -115,6 +139,7 @@ fn expected(scenario: &str) -> BTreeSet<(String, String)> {
         "flexvolume" => vec![&flexvolume],
         "crds" => vec![&crds],
         "controller" => vec![&controller],
+        "webhook" => vec![&webhook],
         "all" => vec![
             &provider,
             &crds,
@@ -122,6 +147,7 @@ fn expected(scenario: &str) -> BTreeSet<(String, String)> {
             &metrics,
             &controller,
             &controller_metrics,
+            &webhook,
         ],
         other => panic!("unknown scenario {other}"),
     };
@@ -212,7 +238,12 @@ fn lint_and_template_pass_for_the_defaults_and_each_component_alone() {
             assert_eq!(labels["app.kubernetes.io/instance"], "r");
             if !matches!(
                 d["kind"].as_str(),
-                Some("CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding")
+                Some(
+                    "CustomResourceDefinition"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "MutatingWebhookConfiguration"
+                )
             ) {
                 assert_eq!(d["metadata"]["namespace"], "kube-system");
             }
@@ -581,6 +612,19 @@ async fn rendered_manifests_are_accepted_by_the_real_api_server() {
                 );
             }
         }
+        // The webhook configurations point at Services with no pod here: removed again.
+        let (ok, out) = kubectl(
+            cp.kubeconfig(),
+            &[
+                "delete",
+                "mutatingwebhookconfiguration",
+                "-l",
+                &format!("app.kubernetes.io/instance={release}"),
+                "--ignore-not-found",
+            ],
+            None,
+        );
+        assert!(ok, "{out}");
         if expected(name)
             .iter()
             .any(|(kind, _)| kind == "CustomResourceDefinition")
@@ -680,4 +724,290 @@ fn controller_deployment_matches_the_cli() {
         req >= 32.0 && lim >= 2.0 * req,
         "request {req} Mi, limit {lim} Mi"
     );
+}
+
+/// A kubeconfig for ServiceAccount `ns/name` of `cp` (a TokenRequest token): the chart's RBAC and
+/// nothing else.
+async fn service_account_kubeconfig(
+    cp: &testenv::ControlPlane,
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    path: &Path,
+) {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let token: TokenRequest = kube::Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_subresource("token", name, &kube::api::PostParams::default(), &req)
+        .await
+        .unwrap();
+    let token = token.status.unwrap().token.unwrap();
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: sa\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: sa\n  context: {{cluster: t, user: sa}}\ncurrent-context: sa\n",
+            cp.url(),
+            cp.ca_file().display()
+        ),
+    )
+    .unwrap();
+}
+
+/// The chart's webhook, run as the rendered Deployment runs it (its arguments; a token of its
+/// ServiceAccount) against the real API server, with the rendered MutatingWebhookConfiguration
+/// (pointed at the process by URL: no Service routing here) and its empty caBundle: the webhook
+/// creates its certificate Secret, patches the caBundle, renews the certificate, and the API
+/// server has pods mutated through it. Then its RBAC is exact: every request it made was allowed,
+/// and each rule atom of the chart (group x resource x verb) was the only one allowing some
+/// request (audit log of the API server; testenv::rbac).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::api::{Api, PostParams};
+    use serde_json::json;
+
+    let Some(helm) = helm() else { return };
+    let Some(cp) = testenv::control_plane().await else {
+        return;
+    };
+    let client = cp.client().await.unwrap();
+    cp.install_crds(&client, &chart().join("files/crds"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ns = cp.namespace(&client, "kvbridge-system").await.unwrap();
+    let release = "wh";
+    let name = "wh-kvbridge-webhook";
+    let yaml = template(
+        &helm,
+        release,
+        &ns,
+        &[
+            "linux.enabled=false",
+            "crds.install=false",
+            "webhook.enabled=true",
+        ],
+    )
+    .unwrap();
+    let all = docs(&yaml);
+    let (ok, out) = kubectl(
+        cp.kubeconfig(),
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=helm-chart-test",
+            "-f",
+            "-",
+        ],
+        Some(&yaml),
+    );
+    assert!(ok, "{out}");
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let patch = json!([
+        {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+        {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url},
+        {"op": "remove", "path": "/webhooks/1/clientConfig/service"},
+        {"op": "add", "path": "/webhooks/1/clientConfig/url", "value": url},
+    ]);
+    let (ok, out) = kubectl(
+        cp.kubeconfig(),
+        &[
+            "patch",
+            "mutatingwebhookconfiguration",
+            name,
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let kubeconfig = dir.path().join("sa.kubeconfig");
+    service_account_kubeconfig(cp, &client, &ns, name, &kubeconfig).await;
+
+    // The rendered arguments, with the listen address on loopback, the certificate also for
+    // 127.0.0.1, short validities (a renewal within the test) and a tenant for the identities.
+    let d = find(&all, "Deployment", name);
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(d["spec"]["replicas"].as_u64(), Some(2));
+    let mut args: Vec<String> = strings(&c["args"])
+        .into_iter()
+        .filter(|a| {
+            !a.starts_with("--listen=")
+                && !a.starts_with("--cert-validity=")
+                && !a.starts_with("--ca-validity=")
+                && !a.starts_with("--cert-check-interval=")
+        })
+        .collect();
+    assert_eq!(args.len(), strings(&c["args"]).len() - 4, "{args:?}");
+    args.extend([
+        format!("--listen=127.0.0.1:{port}"),
+        "--cert-san=127.0.0.1".into(),
+        "--cert-validity=6s".into(),
+        "--ca-validity=24s".into(),
+        "--cert-check-interval=500ms".into(),
+        "--tenant-id=00000000-0000-0000-0000-000000000001".into(),
+    ]);
+    let mut child = Command::new(kvbridge())
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", &ns)
+        .env("KVBRIDGE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut webhook = Kill(child);
+    let mut banner = [0u8; 30];
+    stdout.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"kvbridge webhook listening on ");
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let tls = secrets.get(&format!("{name}-tls")).await.unwrap();
+    let first = tls.data.as_ref().unwrap()["tls.crt"].clone();
+    let configs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let config = configs.get(name).await.unwrap();
+    for w in config.webhooks.unwrap() {
+        assert_eq!(
+            w.client_config.ca_bundle.as_ref().map(|b| &b.0),
+            Some(&tls.data.as_ref().unwrap()["ca.crt"].0),
+            "{}: caBundle patched by the webhook",
+            w.name
+        );
+    }
+
+    // An opted-in namespace with an AzureKeyVaultSecret, a pull secret for a registry that is
+    // not there, and a namespace that is not opted in.
+    let apps = cp.namespace(&client, "apps").await.unwrap();
+    let (ok, out) = kubectl(
+        cp.kubeconfig(),
+        &[
+            "label",
+            "namespace",
+            &apps,
+            "azure-key-vault-env-injection=enabled",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let other = cp.namespace(&client, "other").await.unwrap();
+    for n in [&apps, &other] {
+        let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), n);
+        akvs.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
+                "metadata": {"name": "db"},
+                "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"},
+                    "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    Api::<Secret>::namespaced(client.clone(), &apps)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "pull"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": r#"{"auths":{"127.0.0.1:9":{"auth":"dTpw"}}}"#}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let pod = |command: bool, label: bool| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "app", "labels": if label { json!({"kvbridge.io/inject": "true"}) } else { json!({}) }},
+            "spec": {
+                "imagePullSecrets": [{"name": "pull"}],
+                "containers": [{"name": "app", "image": "127.0.0.1:9/app:1",
+                "command": if command { json!(["true"]) } else { json!(null) },
+                "env": [{"name": "DB", "value": "db@azurekeyvault"}]}]},
+        }))
+        .unwrap()
+    };
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let apps_pods: Api<Pod> = Api::namespaced(client.clone(), &apps);
+    let t0 = Instant::now();
+    loop {
+        match apps_pods.create(&dry, &pod(true, false)).await {
+            Ok(p) if p.spec.as_ref().unwrap().init_containers.is_some() => break,
+            other => assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "never mutated: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // kvbridge's own pod label in a namespace that is not opted in.
+    let p = Api::<Pod>::namespaced(client.clone(), &other)
+        .create(&dry, &pod(true, true))
+        .await
+        .unwrap();
+    assert!(p.spec.unwrap().init_containers.is_some());
+    // No command: the entrypoint is looked up with the pull secret (registry absent: refused).
+    let e = apps_pods
+        .create(&dry, &pod(false, false))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("127.0.0.1:9/app:1"), "{e}");
+    // The certificate is renewed (Secret updated) and still trusted.
+    let t0 = Instant::now();
+    loop {
+        let tls = secrets.get(&format!("{name}-tls")).await.unwrap();
+        if tls.data.as_ref().unwrap()["tls.crt"] != first {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "never renewed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let p = apps_pods.create(&dry, &pod(true, false)).await.unwrap();
+    assert!(p.spec.unwrap().init_containers.is_some());
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", webhook.0.id()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or_default()
+        .to_string();
+    let _ = webhook.0.kill();
+    let _ = webhook.0.wait();
+    eprintln!("webhook peak RSS in the chart scenario: {rss}");
+
+    // RBAC exactly.
+    let manifests: Vec<serde_json::Value> = all
+        .iter()
+        .map(|d| serde_json::to_value(d).unwrap())
+        .collect();
+    let atoms = testenv::rbac::atoms_for(&manifests, &ns, name);
+    assert!(!atoms.is_empty());
+    let requests = testenv::rbac::requests_by(
+        &cp.audit_log(),
+        &format!("system:serviceaccount:{ns}:{name}"),
+    )
+    .unwrap();
+    let findings = testenv::rbac::check(&atoms, &requests);
+    eprintln!("webhook RBAC:\n{findings}");
+    assert!(findings.exact(), "webhook RBAC is not exact:\n{findings}");
 }

@@ -100,6 +100,14 @@ impl ControlPlane {
         let dir = process::scratch_dir()?;
         let certs = certs::generate(&dir)?;
         let [etcd_client, etcd_peer, api_port] = process::free_ports::<3>()?;
+        // Every request's metadata (user, verb, resource, name, status) in a JSON-lines audit
+        // log: tests derive from it what a component's identity actually used (crate::rbac).
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(
+            &audit_policy,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        )
+        .map_err(|e| Error::io("writing the audit policy", &audit_policy, e))?;
 
         let etcd_url = format!("http://127.0.0.1:{etcd_client}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
@@ -144,7 +152,14 @@ impl ControlPlane {
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--allow-privileged=true")
             .arg("--endpoint-reconciler-type=none")
-            .arg("--profiling=false");
+            .arg("--profiling=false")
+            .arg(format!("--audit-policy-file={}", audit_policy.display()))
+            .arg(format!(
+                "--audit-log-path={}",
+                dir.join("audit.log").display()
+            ))
+            .arg("--audit-log-format=json")
+            .arg("--audit-log-mode=blocking");
         let apiserver = process::spawn("kube-apiserver", api, &dir.join("kube-apiserver.log"))?;
 
         let url = format!("https://127.0.0.1:{api_port}");
@@ -189,6 +204,11 @@ impl ControlPlane {
     /// The CA that signed the API server's certificate (and the admin client certificate).
     pub fn ca_file(&self) -> &Path {
         &self.ca
+    }
+
+    /// The API server's audit log (JSON lines, level Metadata, every request).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
     }
 
     /// This control plane's scratch directory (removed when the test binary exits).

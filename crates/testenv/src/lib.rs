@@ -29,6 +29,7 @@ mod error;
 pub mod jwt;
 mod layout;
 pub mod process;
+pub mod rbac;
 pub mod registry;
 pub mod vault;
 
