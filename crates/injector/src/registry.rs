@@ -908,16 +908,38 @@ impl Resolver {
         ctx: &Ctx<'_>,
         platform: &Platform,
     ) -> Result<Arc<ImageCommand>, LookupError> {
-        // An image manifest's digest is cached as it is; an index's with the platform picked.
-        let per_platform = |d: &str| format!("{d}#{platform}");
+        // A reference by digest is answered without asking the registry only for the
+        // repository and credentials that have read it before: a pod cannot learn a private
+        // image's entrypoint from another pod's lookup by naming its digest.
+        let access_key = |d: &str| {
+            format!(
+                "{}/{}@{d}#{platform}|{}",
+                ctx.r.api_host(),
+                ctx.r.repository,
+                ctx.creds.map(Credentials::fingerprint).unwrap_or_default()
+            )
+        };
         if let Some(d) = &ctx.r.digest {
-            if let Some(hit) = self.commands.get(d).await {
-                return Ok(hit);
-            }
-            if let Some(hit) = self.commands.get(&per_platform(d)).await {
+            if let Some(hit) = self.commands.get(&access_key(d)).await {
                 return Ok(hit);
             }
         }
+        let command = self.resolve(ctx, platform).await?;
+        if let Some(d) = &ctx.r.digest {
+            self.commands.insert(access_key(d), command.clone()).await;
+        }
+        Ok(command)
+    }
+
+    /// What the image runs: its manifest (by tag or digest) from the registry, then what is not
+    /// cached yet.
+    async fn resolve(
+        &self,
+        ctx: &Ctx<'_>,
+        platform: &Platform,
+    ) -> Result<Arc<ImageCommand>, LookupError> {
+        // An image manifest's digest is cached as it is; an index's with the platform picked.
+        let per_platform = |d: &str| format!("{d}#{platform}");
         let invalid = |what: &'static str, reason: String| LookupError::Invalid {
             image: ctx.image.to_string(),
             registry: ctx.registry(),
@@ -951,7 +973,7 @@ impl Resolver {
         let mut manifest = parse_manifest(&top.body).map_err(|e| invalid("manifest", e))?;
         let mut keys = vec![top_digest.clone()];
         if let Manifest::Index(entries) = &manifest {
-            keys = vec![per_platform(&top_digest)];
+            keys[0] = per_platform(&top_digest);
             if let Some(hit) = self.commands.get(&keys[0]).await {
                 return Ok(hit);
             }
@@ -1545,6 +1567,8 @@ mod tests {
     async fn basic_auth_flow_and_cache() {
         let (index, manifest, config) = image_documents();
         let (m_digest, c_digest) = (sha256_digest(&manifest), sha256_digest(&config));
+        let index_digest = sha256_digest(&index);
+        let served_index_digest = index_digest.clone();
         let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = hits.clone();
         let creds = Credentials::new("u", "s3cret-pass");
@@ -1558,7 +1582,9 @@ mod tests {
                     b"",
                 );
             }
-            if path == "/v2/team/app/manifests/1" {
+            if path == "/v2/team/app/manifests/1"
+                || path == format!("/v2/team/app/manifests/{served_index_digest}")
+            {
                 http(
                     "200 OK",
                     &[("Content-Type", "application/vnd.oci.image.index.v1+json")],
@@ -1585,6 +1611,16 @@ mod tests {
             5,
             "warm: one request"
         );
+        // By digest: one manifest request the first time, none after (same credentials).
+        let by_digest = format!("{host}/team/app@{index_digest}");
+        r.lookup(&by_digest, Some(&creds), None).await.unwrap();
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 6);
+        r.lookup(&by_digest, Some(&creds), None).await.unwrap();
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 6);
+        // Other (or no) credentials are not answered from the cache: the registry decides.
+        let e = r.lookup(&by_digest, None, None).await.unwrap_err();
+        assert!(matches!(e, LookupError::Unauthorized { .. }), "{e}");
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 7);
         // Without credentials: refused, with the hint; the password is in no message.
         let e = r.lookup(&image, None, None).await.unwrap_err();
         assert!(
