@@ -99,13 +99,19 @@ async fn run() {
     let seed_file = dir.path().join("seed.yaml");
     std::fs::write(&seed_file, seed).unwrap();
     // Key Vault's throttling limit enforced by the dev vault (4,000 transactions per 10 s per
-    // vault; 429 with Retry-After beyond it).
+    // vault; 429 with Retry-After beyond it). KVBRIDGE_BENCH_VAULT_FAULTS: the dev vault's
+    // `--faults` JSON instead (e.g. a tighter `vault_limit`, to watch the controller throttled).
+    let faults = std::env::var("KVBRIDGE_BENCH_VAULT_FAULTS").ok();
+    let vault_args: Vec<&str> = match &faults {
+        Some(f) => vec!["--faults", f],
+        None => vec!["--key-vault-limits"],
+    };
     let vault = testenv::vault::DevVaultProcess::start_with_args(
         Path::new(env!("CARGO_BIN_EXE_kvbridge")),
         &dir.path().join("vault"),
         &seed_file,
         &dir.path().join("vault.log"),
-        &["--key-vault-limits"],
+        &vault_args,
     )
     .unwrap();
     let vault_counters = || {
@@ -247,7 +253,8 @@ async fn run() {
         (cpu1 - cpu0) / refresh as f64 * 100.0
     );
     println!(
-        "  dev vault with Key Vault's limit (4,000 per 10 s per vault): cold sync {cold_gets} GETs (incl. 429s), {cold_429} answered 429; whole run {all_gets} GETs, {all_429} answered 429"
+        "  dev vault ({}): cold sync {cold_gets} GETs (incl. 429s), {cold_429} answered 429; whole run {all_gets} GETs, {all_429} answered 429",
+        faults.as_deref().unwrap_or("Key Vault's limit, 4,000 per 10 s per vault")
     );
     println!(
         "  controller RSS {} (peak {})",
