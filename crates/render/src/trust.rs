@@ -414,6 +414,88 @@ mod tests {
         );
     }
 
+    fn objects(yaml_items: &[&str]) -> Vec<crate::params::ObjectSpec> {
+        let mut text = String::from("array:\n");
+        for item in yaml_items {
+            text.push_str("  - |\n");
+            for line in item.lines() {
+                text.push_str("    ");
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        crate::params::parse_objects(&text).unwrap()
+    }
+
+    #[test]
+    fn object_formats_parse_and_render() {
+        use crate::params::ObjectFormat;
+        use crate::render::{render_object, Fetched, FetchedCert, FetchedSecret, RenderOptions};
+        let specs = objects(&[
+            "objectName: root\nobjectType: cert\nobjectFormat: Trust-Bundle",
+            "objectName: root-pem\nobjectType: secret\nobjectFormat: truststore",
+            "objectName: tls\nobjectType: secret\nobjectFormat: trust-bundle",
+        ]);
+        assert_eq!(specs[0].format, ObjectFormat::TrustBundle);
+        assert_eq!(specs[1].format, ObjectFormat::TrustStore);
+        let e = crate::params::parse_objects(
+            "array:\n  - |\n    objectName: k\n    objectType: key\n    objectFormat: truststore\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not key"), "{e}");
+
+        let c = chain::ec_chain3();
+        let system_root = chain::chain(KeyKind::Ec(Curve::P256), 2, "sys").certs[1].clone();
+        let opts = RenderOptions {
+            system_trust: Some(std::sync::Arc::new(
+                pem_of(std::slice::from_ref(&system_root)).into_bytes(),
+            )),
+            ..RenderOptions::default()
+        };
+        // A certificate: its cer (the root) after the system bundle.
+        let cert = Fetched::Cert(FetchedCert {
+            version: "v1".into(),
+            cer_der: c.certs[2].clone(),
+        });
+        let files = render_object(&specs[0], &cert, "root", &opts).unwrap();
+        let parsed =
+            pki::parse_pem_bundle(std::str::from_utf8(&files[0].contents).unwrap()).unwrap();
+        assert_eq!(parsed.certs, vec![system_root.clone(), c.certs[2].clone()]);
+        // A PEM secret: the trust store.
+        let secret = Fetched::Secret(FetchedSecret {
+            version: "v1".into(),
+            value: zeroize::Zeroizing::new(pem_of(&c.certs[1..])),
+            content_type: None,
+            kid: None,
+        });
+        let files = render_object(&specs[1], &secret, "root-pem", &opts).unwrap();
+        let store = pki::parse_pfx(&files[0].contents, TRUSTSTORE_PASSWORD).unwrap();
+        assert_eq!(store.certs.len(), 3);
+        // A certificate-backed secret (key + chain, PEM): the CAs of its chain, not the leaf
+        // nor the key.
+        let bundle = pki::bundle_to_pem(Some(&c.keys[0]), &c.certs);
+        let backed = Fetched::Secret(FetchedSecret {
+            version: "v1".into(),
+            value: zeroize::Zeroizing::new(bundle),
+            content_type: Some(crate::render::CONTENT_TYPE_PEM.into()),
+            kid: Some("https://kv/keys/tls/v1".into()),
+        });
+        let files = render_object(&specs[2], &backed, "tls", &RenderOptions::default()).unwrap();
+        let text = std::str::from_utf8(&files[0].contents).unwrap();
+        assert!(!text.contains("PRIVATE KEY"));
+        assert_eq!(
+            pki::parse_pem_bundle(text).unwrap().certs,
+            c.certs[1..].to_vec()
+        );
+        // A leaf alone is refused, naming the object.
+        let leaf = Fetched::Cert(FetchedCert {
+            version: "v1".into(),
+            cer_der: c.certs[0].clone(),
+        });
+        let e = render_object(&specs[0], &leaf, "root", &opts).unwrap_err();
+        assert!(e.to_string().contains("no CA certificate"), "{e}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
