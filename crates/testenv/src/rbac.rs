@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-/// One request of the audit log (stage ResponseComplete).
+/// One request of the audit log (stage ResponseComplete, or ResponseStarted for watches).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Request {
     pub verb: String,
@@ -47,7 +47,10 @@ pub fn requests_by(audit_log: &Path, user: &str) -> Result<Vec<Request>, String>
         let Ok(e) = serde_json::from_str::<Value>(line) else {
             continue;
         };
-        if e["stage"] != "ResponseComplete" || e["user"]["username"] != user {
+        // Watches still open when the log is read have only ResponseStarted.
+        let stage = e["stage"].as_str().unwrap_or_default();
+        if !matches!(stage, "ResponseComplete" | "ResponseStarted") || e["user"]["username"] != user
+        {
             continue;
         }
         let Some(obj) = e["objectRef"].as_object() else {
