@@ -838,6 +838,24 @@ async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
         None,
     );
     assert!(ok, "{out}");
+    let mwc = find(&all, "MutatingWebhookConfiguration", name);
+    for w in mwc["webhooks"].as_sequence().unwrap() {
+        assert_eq!(w["failurePolicy"], "Fail");
+        assert!(
+            w["clientConfig"]["caBundle"].is_null(),
+            "patched by the webhook"
+        );
+        let excluded = w["namespaceSelector"]["matchExpressions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == "kubernetes.io/metadata.name")
+            .unwrap();
+        assert_eq!(excluded["operator"], "NotIn");
+        assert_eq!(strings(&excluded["values"]), ["kube-system", ns.as_str()]);
+    }
+    let pdb = find(&all, "PodDisruptionBudget", name);
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
     let kubeconfig = dir.path().join("sa.kubeconfig");
     service_account_kubeconfig(cp, &client, &ns, name, &kubeconfig).await;
 
@@ -980,6 +998,23 @@ async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("127.0.0.1:9/app:1"), "{e}");
+    // The release namespace is never sent, even when labelled.
+    let (ok, out) = kubectl(
+        cp.kubeconfig(),
+        &[
+            "label",
+            "namespace",
+            &ns,
+            "azure-key-vault-env-injection=enabled",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let p = Api::<Pod>::namespaced(client.clone(), &ns)
+        .create(&dry, &pod(true, true))
+        .await
+        .unwrap();
+    assert!(p.spec.unwrap().init_containers.is_none());
     // The certificate is renewed (Secret updated) and still trusted.
     let t0 = Instant::now();
     loop {
