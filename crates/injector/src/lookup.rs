@@ -121,15 +121,40 @@ pub fn needing_entrypoint(pod: &Pod, uses: &[Use]) -> Vec<(String, String)> {
 }
 
 /// The platform whose image manifest the pod's node will pull: `linux/<arch>` when the pod's
-/// nodeSelector names `kubernetes.io/arch`, else `None` (the webhook's default).
+/// nodeSelector names `kubernetes.io/arch`, or its required node affinity allows exactly one
+/// architecture; else `None` (the webhook's default).
 pub fn pod_platform(pod: &Pod) -> Option<Platform> {
-    pod.spec
-        .as_ref()?
+    let spec = pod.spec.as_ref()?;
+    if let Some(a) = spec
         .node_selector
-        .as_ref()?
-        .get(ARCH_LABEL)
+        .as_ref()
+        .and_then(|s| s.get(ARCH_LABEL))
         .filter(|a| !a.is_empty())
-        .map(|a| Platform::linux(a))
+    {
+        return Some(Platform::linux(a));
+    }
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    let mut archs: Vec<&str> = Vec::new();
+    for term in terms {
+        for e in term.match_expressions.iter().flatten() {
+            if e.key == ARCH_LABEL && e.operator == "In" {
+                archs.extend(e.values.iter().flatten().map(String::as_str));
+            }
+        }
+    }
+    archs.sort_unstable();
+    archs.dedup();
+    match archs.as_slice() {
+        [one] if !one.is_empty() => Some(Platform::linux(one)),
+        _ => None,
+    }
 }
 
 /// The pull-secret names kubelet would use: the pod's, then its ServiceAccount's (deduplicated,
@@ -342,6 +367,25 @@ mod tests {
         assert_eq!(pull_secret_names(&p, Some(&sa)), ["a", "b", "c"]);
         assert_eq!(pull_secret_names(&p, None), ["a", "b"]);
         assert_eq!(pod_platform(&p), Some(Platform::linux("arm64")));
+        let affinity = |values: serde_json::Value| {
+            pod(
+                json!({"metadata": {"name": "p"}, "spec": {"containers": [], "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+                        {"key": ARCH_LABEL, "operator": "In", "values": values}]}]}}}}}),
+            )
+        };
+        assert_eq!(
+            pod_platform(&affinity(json!(["arm64"]))),
+            Some(Platform::linux("arm64"))
+        );
+        assert_eq!(pod_platform(&affinity(json!(["amd64", "arm64"]))), None);
+        assert_eq!(
+            pod_platform(&pod(
+                json!({"metadata": {"name": "p"}, "spec": {"containers": []}})
+            )),
+            None
+        );
         assert_eq!(service_account_name(&p), "default");
     }
 
