@@ -4,7 +4,7 @@
 //! a deleted resource loses its Secret, and SIGTERM stops the process cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -511,9 +511,12 @@ async fn two_replicas_one_leader_and_takeover() {
     assert_eq!(lease_holder(&client, NS, LEASE).await, None);
 }
 
-/// The Helm chart's controller RBAC is enough: the controller runs with a token of its
-/// ServiceAccount (nothing else) and syncs, writes status and events, requests a workload
-/// identity token, restarts an opted-in Deployment and holds its Lease.
+/// The Helm chart's controller RBAC is exactly what the controller uses: it runs with a token of
+/// its ServiceAccount (nothing else) and syncs Secrets and ConfigMaps, refuses outputs owned by
+/// someone else, writes status and events, requests a workload identity token, restarts an
+/// opted-in Deployment, StatefulSet and DaemonSet, deletes the outputs of deleted resources and
+/// holds and renews its Lease; then the API server's audit log shows no forbidden request and
+/// every rule atom of the chart as the only one allowing some request (testenv::rbac).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_manifest_rbac_is_sufficient() {
     const NS: &str = "rbac";
@@ -587,7 +590,8 @@ async fn deploy_manifest_rbac_is_sufficient() {
         dir.path(),
         (NS, "kvbridge-system"),
         "controller-rbac",
-        &[],
+        // Renewed within the scenario (the Lease's update is one of the rules checked).
+        &["--lease-duration=3s"],
     );
     let sa = ServiceAccount {
         metadata: ObjectMeta {
@@ -608,7 +612,7 @@ async fn deploy_manifest_rbac_is_sufficient() {
     std::fs::write(
         &manifests,
         format!(
-            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: plain, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: plain, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: wi, namespace: {NS}}}\nspec:\n  vault:\n    name: team-vault\n    object: {{name: team-only, type: secret}}\n    identity: {{serviceAccount: {{name: app}}}}\n  output: {{secret: {{name: wi, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: cm, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{configMap: {{name: cm, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n"
+            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: plain, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: plain, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: wi, namespace: {NS}}}\nspec:\n  vault:\n    name: team-vault\n    object: {{name: team-only, type: secret}}\n    identity: {{serviceAccount: {{name: app}}}}\n  output: {{secret: {{name: wi, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: cm, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{configMap: {{name: cm, dataKey: value}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: taken, namespace: {NS}}}\nstringData: {{value: someone else's}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: taken-cm, namespace: {NS}}}\ndata: {{value: someone else's}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: taken, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: taken, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: taken-cm, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{configMap: {{name: taken-cm, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      containers:\n        - name: db\n          image: registry.example/db:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      containers:\n        - name: agent\n          image: registry.example/agent:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n"
         ),
     )
     .unwrap();
@@ -645,6 +649,26 @@ async fn deploy_manifest_rbac_is_sufficient() {
         }
     };
     eventually("ConfigMap", &c.child, config_map("hello from the vault")).await;
+    // Outputs that exist and belong to someone else: refused (after a read), left unchanged.
+    for name in ["taken", "taken-cm"] {
+        eventually("refused", &c.child, || async {
+            let a = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), NS)
+                .get(name)
+                .await
+                .ok()?;
+            let ready = a
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "Ready")?;
+            (ready.status == "False").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(
+        data(&secret(&client, NS, "taken").await.unwrap())["value"],
+        b"someone else's"
+    );
     vault.set_secret(VAULT, "my-secret", "rotated for rbac");
     eventually(
         "ConfigMap rotated",
@@ -662,6 +686,45 @@ async fn deploy_manifest_rbac_is_sufficient() {
             .map(|_| ())
     })
     .await;
+    eventually("StatefulSet restarted", &c.child, || async {
+        let d: k8s_openapi::api::apps::v1::StatefulSet =
+            Api::namespaced(client.clone(), NS).get("db").await.ok()?;
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("kvbridge.io/secrets-hash")
+            .map(|_| ())
+    })
+    .await;
+    eventually("DaemonSet restarted", &c.child, || async {
+        let d: k8s_openapi::api::apps::v1::DaemonSet = Api::namespaced(client.clone(), NS)
+            .get("agent")
+            .await
+            .ok()?;
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("kvbridge.io/secrets-hash")
+            .map(|_| ())
+    })
+    .await;
+    // Deleted resources: their outputs go (the controller reads the owner, then deletes).
+    for akvs in ["cm", "wi"] {
+        Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), NS)
+            .delete(akvs, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually("outputs deleted", &c.child, || async {
+        let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), NS)
+            .get_opt("cm")
+            .await
+            .ok()?;
+        (cm.is_none() && secret(&client, NS, "wi").await.is_none()).then_some(())
+    })
+    .await;
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
@@ -676,6 +739,15 @@ async fn deploy_manifest_rbac_is_sufficient() {
             .as_deref(),
         Some("controller-rbac")
     );
+    // The Lease renewed at least once (an update).
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kvbridge-system");
+    let renewed = leases.get("kvbridge-controller").await.unwrap();
+    let first = renewed.spec.and_then(|s| s.renew_time);
+    eventually("Lease renewed", &c.child, || async {
+        let now = leases.get("kvbridge-controller").await.ok()?;
+        (now.spec?.renew_time != first).then_some(())
+    })
+    .await;
     let log = std::fs::read_to_string(c.child.log_path()).unwrap();
     assert!(!log.to_lowercase().contains("forbidden"), "{log}");
     let status = std::fs::read_to_string(format!("/proc/{}/status", c.child.pid())).unwrap();
@@ -702,60 +774,8 @@ async fn deploy_manifest_rbac_is_sufficient() {
     let findings = testenv::rbac::check(&atoms, &requests);
     eprintln!("controller RBAC:\n{findings}");
     assert!(
-        findings.forbidden.is_empty() && findings.unexplained.is_empty(),
-        "{findings}"
-    );
-    // Atoms the code uses on paths this scenario does not take (each named with its path); any
-    // other unneeded atom fails, and so does one of these once the scenario needs it (then it
-    // leaves this list).
-    let not_exercised: BTreeMap<&str, &str> = BTreeMap::from([
-        (
-            "ClusterRole/kvbridge-controller: get /secrets (cluster-wide)",
-            "service-principal identity Secret; an output refused or taken by a conflicting create",
-        ),
-        (
-            "ClusterRole/kvbridge-controller: get /configmaps (cluster-wide)",
-            "an output refused or taken by a conflicting create",
-        ),
-        (
-            "ClusterRole/kvbridge-controller: delete /secrets (cluster-wide)",
-            "output renamed or its type changed (immutable: recreated)",
-        ),
-        (
-            "ClusterRole/kvbridge-controller: delete /configmaps (cluster-wide)",
-            "output renamed",
-        ),
-        (
-            "ClusterRole/kvbridge-controller: patch apps/daemonsets (cluster-wide)",
-            "restart on rotation of an opted-in DaemonSet (same code as Deployments)",
-        ),
-        (
-            "ClusterRole/kvbridge-controller: patch apps/statefulsets (cluster-wide)",
-            "restart on rotation of an opted-in StatefulSet (same code as Deployments)",
-        ),
-        (
-            "ClusterRole/kvbridge-controller: get spv.no/azurekeyvaultsecrets (cluster-wide)",
-            "an owned output changed by someone else: its owner is read",
-        ),
-        (
-            "Role/kvbridge-controller-lease: update coordination.k8s.io/leases (in kvbridge-system)",
-            "Lease renewal and takeover (two_replicas_one_leader_and_takeover)",
-        ),
-    ]);
-    let unneeded: BTreeSet<String> = findings.unneeded.iter().map(|a| a.to_string()).collect();
-    let allowed: BTreeSet<String> = not_exercised.keys().map(|k| k.to_string()).collect();
-    assert!(
-        unneeded.is_subset(&allowed),
-        "rule atoms no request needed (remove them, or exercise them):\n{}",
-        unneeded
-            .difference(&allowed)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert_eq!(
-        unneeded, allowed,
-        "exercised now: take them off the not_exercised list"
+        findings.exact(),
+        "controller RBAC is not exact:\n{findings}"
     );
 }
 
