@@ -147,6 +147,13 @@ fn fetch_key(r: &Reference) -> Result<FetchKey, String> {
 fn ca_set(akvs: &str, fetched: &Fetched) -> Result<CaSet, TrustError> {
     match fetched {
         Fetched::Cert(c) => CaSet::from_der(akvs, std::slice::from_ref(&c.cer_der)),
+        // Base64 of at most MAX_OBJECT_BYTES, checked before decoding.
+        Fetched::Secret(s) if s.value.len() > render::trust::MAX_OBJECT_BYTES / 3 * 4 + 4 => {
+            Err(TrustError::ObjectTooLarge {
+                name: akvs.to_string(),
+                bytes: s.value.len(),
+            })
+        }
         Fetched::Secret(s)
             if s.content_type.as_deref() == Some(render::render::CONTENT_TYPE_PFX) =>
         {
@@ -354,6 +361,27 @@ mod tests {
         let e = fetch_key(&reference(ObjectType::Key)).unwrap_err();
         assert!(e.contains("key holds no CA certificate"), "{e}");
         assert!(fetch_key(&reference(ObjectType::MultiKeyValueSecret)).is_err());
+    }
+
+    #[test]
+    fn oversized_secret_is_refused_before_decoding() {
+        let big = Fetched::Secret(render::render::FetchedSecret {
+            version: "v".into(),
+            value: zeroize::Zeroizing::new("A".repeat(render::trust::MAX_OBJECT_BYTES * 2)),
+            content_type: Some(render::render::CONTENT_TYPE_PFX.into()),
+            kid: Some("k".into()),
+        });
+        assert!(matches!(
+            ca_set("big", &big),
+            Err(TrustError::ObjectTooLarge { .. })
+        ));
+        let junk = Fetched::Secret(render::render::FetchedSecret {
+            version: "v".into(),
+            value: zeroize::Zeroizing::new("not base64 !!".into()),
+            content_type: Some(render::render::CONTENT_TYPE_PFX.into()),
+            kid: Some("k".into()),
+        });
+        assert!(ca_set("junk", &junk).is_err());
     }
 
     #[tokio::test]
