@@ -4,7 +4,8 @@
 //! Reports the normal Mounts' p50/p99 unloaded and under that load (target: p99 within 2x),
 //! and how long the class parser takes on the largest inputs the limits admit.
 //!
-//! `cargo bench -p kvbridge-provider --bench soak` (builds `kvbridge` in release first).
+//! `cargo bench -p kvbridge-provider --bench soak` (builds `kvbridge` in release first, unless
+//! `KVBRIDGE_BIN` names a release binary).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "../tests/common/mod.rs"]
@@ -17,8 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use testenv::vault::DevVaultProcess;
 
+/// `$KVBRIDGE_BIN` when set (a release binary built beforehand), else `cargo build --release`.
 fn kvbridge_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KVBRIDGE_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("bench path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -30,7 +36,7 @@ fn kvbridge_binary() -> PathBuf {
     profile_dir.join("kvbridge")
 }
 
-fn spawn_provider(bin: &Path, socket: &Path, dv: &devvault::Running, env_dir: &Path) -> Child {
+fn spawn_provider(bin: &Path, socket: &Path, dv: &DevVaultProcess, env_dir: &Path) -> Child {
     Command::new(bin)
         .args([
             "provider",
@@ -46,12 +52,13 @@ fn spawn_provider(bin: &Path, socket: &Path, dv: &devvault::Running, env_dir: &P
         .arg("--endpoint")
         .arg(format!("unix://{}", socket.display()))
         .arg("--cloud-env-file")
-        .arg(&dv.info.cloud_env_file)
+        .arg(&dv.cloud_env_file)
         .arg("--cloud-env-dir")
         .arg(env_dir)
         .arg("--ca-file")
-        .arg(&dv.info.ca)
+        .arg(&dv.ca)
         .env("KVBRIDGE_LOG", "error")
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn kvbridge provider")
 }
@@ -157,8 +164,36 @@ fn parser_figures() {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+/// Hostile clients: each sends its class in a loop on its own connection until `stop`.
+async fn hostile_load(
+    socket: PathBuf,
+    hostile: Vec<Hostile>,
+    sp: String,
+    stop: Arc<AtomicBool>,
+    refused: Arc<AtomicU64>,
+) {
+    let mut tasks = Vec::new();
+    for (_, objs, extra) in hostile {
+        let req = request(&attrs(&objs, &extra), &sp, "420");
+        let (stop, refused, socket) = (stop.clone(), refused.clone(), socket.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(&socket).await;
+            while !stop.load(Ordering::Relaxed) {
+                if mount(&mut c, req.clone()).await.is_err() {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+// Three separate parties, as on a node: the dev vault is its own process (Key Vault is remote),
+// the hostile clients run on their own thread (they stand for other pods' mounts arriving
+// through the driver), and the normal client measures on this thread.
+fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     parser_figures();
     let bin = kvbridge_binary();
@@ -170,24 +205,24 @@ async fn main() {
         "tenant: {TENANT}\nvaults:\n  - name: {VAULT}\n    secrets:\n{secrets}identities:\n  - {{clientId: app, secret: app-secret}}\n"
     );
     std::fs::write(dir.path().join("seed.yaml"), seed).unwrap();
-    let mut opts = devvault::Options::new("127.0.0.1:0".parse().unwrap(), dir.path().join("dv"));
-    opts.seed = Some(dir.path().join("seed.yaml"));
-    let dv = devvault::start(opts).await.unwrap();
+    let dv = DevVaultProcess::start(
+        &bin,
+        &dir.path().join("dv"),
+        &dir.path().join("seed.yaml"),
+        &dir.path().join("dv.log"),
+    )
+    .expect("kvbridge dev-vault");
     let env_dir = dir.path().join("envs");
     std::fs::create_dir(&env_dir).unwrap();
     mkfifo(&env_dir.join("fifo"));
     let sp = sp_secrets("app", "app-secret");
     let socket = dir.path().join("azure.sock");
     let mut child = spawn_provider(&bin, &socket, &dv, &env_dir);
-    wait_socket(&socket).await;
-    let http = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(&std::fs::read(&dv.info.ca).unwrap()).unwrap(),
-        )
-        .use_rustls_tls()
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap();
+    rt.block_on(wait_socket(&socket));
 
     let hostile: Vec<Hostile> = vec![
         (
@@ -211,40 +246,41 @@ async fn main() {
             vec![],
         ),
     ];
+    let faults = format!("https://localhost:{}/admin/faults", dv.port);
 
     for (label, latency_ms, rounds) in [
         ("bare loopback", 0u64, 300usize),
         ("vault latency 20 ms", 20, 100),
     ] {
-        http.put(format!("{}/admin/faults", dv.info.url))
-            .json(&serde_json::json!({"latency_ms": latency_ms}))
-            .send()
-            .await
-            .unwrap();
-        let unloaded = normal_mounts(&socket, rounds, &sp).await;
+        let body = serde_json::json!({ "latency_ms": latency_ms }).to_string();
+        dv.curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &faults,
+        ]);
+        let unloaded = rt.block_on(normal_mounts(&socket, rounds, &sp));
 
         let stop = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for (_, objs, extra) in &hostile {
-            let a = attrs(objs, extra);
-            let req = request(&a, &sp, "420");
-            let (stop, refused, socket) = (stop.clone(), refused.clone(), socket.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut c = connect(&socket).await;
-                while !stop.load(Ordering::Relaxed) {
-                    if mount(&mut c, req.clone()).await.is_err() {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let loaded = normal_mounts(&socket, rounds, &sp).await;
+        let load = std::thread::spawn({
+            let (socket, hostile, sp) = (socket.clone(), hostile.clone(), sp.clone());
+            let (stop, refused) = (stop.clone(), refused.clone());
+            move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(hostile_load(socket, hostile, sp, stop, refused))
+            }
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let loaded = rt.block_on(normal_mounts(&socket, rounds, &sp));
         stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            t.await.unwrap();
-        }
+        load.join().unwrap();
         let (u99, l99) = (pct(&unloaded, 0.99), pct(&loaded, 0.99));
         println!("Normal mounts of 10 objects (cache off), {label}, {rounds} sequential:");
         println!(
@@ -266,5 +302,4 @@ async fn main() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    dv.stop().await;
 }

@@ -18,6 +18,12 @@ use crate::service::{Grpc, ProviderService};
 /// raised with its --max-call-recv-msg-size).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
+/// Largest Mount request we read. What the driver sends is bounded by what etcd stores: a
+/// SecretProviderClass (parameters, at most 1 MiB is accepted anyway), the nodePublishSecretRef
+/// Secret (1 MiB of data, up to 6x as JSON escapes) and the pod status's object versions; a
+/// larger message is refused by the transport before it is buffered or decoded.
+pub const MAX_REQUEST_SIZE: usize = 8 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("--endpoint {0:?}: expected unix:///path/to/provider.sock")]
@@ -106,7 +112,7 @@ pub async fn serve_grpc(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     let provider = CsiDriverProviderServer::new(Grpc(service))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_decoding_message_size(MAX_REQUEST_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tonic::transport::Server::builder()
         .add_service(health)

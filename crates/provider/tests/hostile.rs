@@ -163,6 +163,32 @@ async fn huge_nested_or_typo_objects_are_refused_and_others_keep_being_served() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_is_refused_by_the_transport_and_the_connection_keeps_serving() {
+    let env = start().await;
+    let mut client = env.client().await;
+    let sp = sp_secrets("app", "app-secret");
+    let mut req = request(&attrs(&one_secret(), &[]), &sp, "420");
+    req.target_path = "x".repeat(provider::server::MAX_REQUEST_SIZE + 1);
+    let status = timeout(BOUND, mount(&mut client, req))
+        .await
+        .expect("oversized mount answers")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("too large"),
+        "{}",
+        status.message()
+    );
+    let req = request(&attrs(&one_secret(), &[]), &sp, "420");
+    let resp = timeout(BOUND, mount(&mut client, req))
+        .await
+        .expect("normal mount answers")
+        .unwrap();
+    assert_eq!(file(&resp, "plain").contents, b"hello world");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socket_is_private_and_silent_connections_are_closed() {
     let env = start_with("", |c| {
         c.connections.max_connections = 3;
