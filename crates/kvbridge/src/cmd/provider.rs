@@ -85,6 +85,23 @@ pub struct Args {
     system_bundle: mount::trust::SystemBundle,
 }
 
+/// The system bundle for the trust formats, read once. A bundle named with --system-bundle must
+/// be readable; with `auto` an unreadable one is a warning (classes without trust objects, the
+/// usual case, do not need it), and trust objects then hold the Key Vault CAs alone.
+fn system_trust(choice: &mount::trust::SystemBundle) -> anyhow::Result<Option<Arc<Vec<u8>>>> {
+    match choice.load() {
+        Ok(loaded) => Ok(loaded.map(|(_, bytes)| Arc::new(bytes))),
+        Err(e) if *choice == mount::trust::SystemBundle::Auto => {
+            tracing::warn!(
+                "{}; objectFormat trust-bundle/truststore will hold the Key Vault CAs alone",
+                keyvault::ErrorChain(&e)
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let socket = provider::server::parse_endpoint(&args.endpoint)?;
     let mut config = ProviderConfig {
@@ -101,7 +118,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             versioned_ttl: args.cache_ttl_versioned,
             max_entries: args.cache_max_entries.max(1),
         },
-        system_trust: args.system_bundle.load()?.map(|(_, bytes)| Arc::new(bytes)),
+        system_trust: system_trust(&args.system_bundle)?,
         ..ProviderConfig::default()
     };
     config.client.ca_file = args.ca_file.clone();
