@@ -1054,3 +1054,64 @@ async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
     eprintln!("webhook RBAC:\n{findings}");
     assert!(findings.exact(), "webhook RBAC is not exact:\n{findings}");
 }
+
+/// webhook.tls.secretName (e.g. cert-manager's): the Secret mounted and passed as files (every
+/// flag one `kvbridge webhook` accepts), the caBundle from values, and no access to Secrets or
+/// to the configuration (nothing to create or patch); registry lookups off: no Secret read at all.
+#[test]
+fn webhook_with_a_certificate_secret_uses_files_and_less_rbac() {
+    let Some(helm) = helm() else { return };
+    let all = render(
+        &helm,
+        &[
+            "linux.enabled=false",
+            "crds.install=false",
+            "webhook.enabled=true",
+            "webhook.tls.secretName=webhook-cert",
+            "webhook.tls.caBundle=PEM",
+            "webhook.registryLookup.enabled=false",
+        ],
+    );
+    let name = "r-kvbridge-webhook";
+    let d = find(&all, "Deployment", name);
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    assert!(args.contains(&"--tls-cert-file=/tls/tls.crt".to_string()));
+    assert!(args.contains(&"--tls-key-file=/tls/tls.key".to_string()));
+    assert!(args.contains(&"--no-registry-lookup".to_string()));
+    assert!(!args
+        .iter()
+        .any(|a| a.starts_with("--webhook-configuration")));
+    let help = Command::new(kvbridge())
+        .args(["webhook", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert_eq!(args[0], "webhook");
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{flag} is not a `kvbridge webhook` flag"
+        );
+    }
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "webhook-cert");
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/tls");
+    let mwc = find(&all, "MutatingWebhookConfiguration", name);
+    for w in mwc["webhooks"].as_sequence().unwrap() {
+        assert_eq!(w["clientConfig"]["caBundle"], "UEVN");
+    }
+    assert!(!all.iter().any(|d| d["kind"] == "Role"));
+    let rules = find(&all, "ClusterRole", name)["rules"]
+        .as_sequence()
+        .unwrap();
+    for r in rules {
+        let resources = strings(&r["resources"]);
+        assert!(
+            !resources.contains(&"secrets".to_string())
+                && !resources.contains(&"mutatingwebhookconfigurations".to_string()),
+            "{r:?}"
+        );
+    }
+}
