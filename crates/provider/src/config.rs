@@ -30,6 +30,9 @@ impl Default for CacheConfig {
 /// Default for [`ProviderConfig::max_concurrent_mounts`].
 pub const DEFAULT_MAX_CONCURRENT_MOUNTS: usize = 16;
 
+/// Default for [`ProviderConfig::refusal_delay`].
+pub const DEFAULT_REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
+
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
     /// `--construct-pem-chain` (default true).
@@ -52,6 +55,12 @@ pub struct ProviderConfig {
     /// Mounts processed at once; more wait their turn. Bounds memory when many pods start
     /// together (each mount holds its objects and rendered files until it answers).
     pub max_concurrent_mounts: usize,
+    /// How long a Mount refused for invalid input (InvalidArgument) waits before it answers
+    /// (1x to 1.5x of it, at random).
+    /// The refusal is computed first and holds no mount slot or CPU while it waits; the wait
+    /// bounds how fast one caller can make the provider refuse classes (a flood of hostile
+    /// classes), and is far below kubelet's own retry backoff, so users see no difference.
+    pub refusal_delay: std::time::Duration,
     pub cache: CacheConfig,
     /// Bounds on the provider socket's connections.
     pub connections: crate::listener::ConnLimits,
@@ -72,6 +81,7 @@ impl Default for ProviderConfig {
             client: keyvault::ClientOptions::default(),
             concurrency: mount::DEFAULT_CONCURRENCY,
             max_concurrent_mounts: DEFAULT_MAX_CONCURRENT_MOUNTS,
+            refusal_delay: DEFAULT_REFUSAL_DELAY,
             cache: CacheConfig::default(),
             connections: crate::listener::ConnLimits::default(),
             system_trust: None,

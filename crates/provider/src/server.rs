@@ -18,10 +18,9 @@ use crate::service::{Grpc, ProviderService};
 /// raised with its --max-call-recv-msg-size).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
-/// Largest Mount request we read. What the driver sends is bounded by what etcd stores: a
-/// SecretProviderClass (parameters, at most 1 MiB is accepted anyway), the nodePublishSecretRef
-/// Secret (1 MiB of data, up to 6x as JSON escapes) and the pod status's object versions; a
-/// larger message is refused by the transport before it is buffered or decoded.
+/// Largest Mount request we read. Requests up to this size reach the service, whose own limits
+/// (attributes, secrets: checked before any parsing) answer with an error naming the part that
+/// is too large; a larger message is refused by the transport before it is buffered.
 pub const MAX_REQUEST_SIZE: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,18 @@ use crate::proto::csi_driver_provider_server::CsiDriverProvider;
 use crate::proto::{self, MountRequest, MountResponse, VersionRequest, VersionResponse};
 use crate::{ProviderConfig, ProviderError, RUNTIME_NAME, RUNTIME_VERSION};
 
+/// Largest `attributes` JSON read: the class's parameters (at most
+/// [`render::limits::MAX_CLASS_BYTES`] once decoded) plus the pod's attributes, with room for
+/// JSON escapes. Checked before parsing, so an oversized class costs no JSON work.
+pub const MAX_ATTRIBUTES_BYTES: usize = 2 * render::limits::MAX_CLASS_BYTES;
+
+/// Largest `secrets` JSON read (the nodePublishSecretRef Secret: a client id and secret, or a
+/// certificate).
+pub const MAX_SECRETS_BYTES: usize = 1024 * 1024;
+
+/// Requests larger than this are parsed one at a time (see [`ProviderService::mount`]).
+pub const LARGE_REQUEST_BYTES: usize = 64 * 1024;
+
 /// The provider. Cheap to share (`Arc`); one per node.
 pub struct ProviderService {
     config: ProviderConfig,
@@ -30,6 +42,9 @@ pub struct ProviderService {
     /// One Key Vault client per identity (Entra token and challenge caches).
     clients: ClientPool,
     mounts: tokio::sync::Semaphore,
+    /// One lane for parsing large requests: a flood of big (often hostile) classes takes at
+    /// most one parser at a time, while ordinary classes never wait behind it.
+    large: tokio::sync::Semaphore,
     /// Clouds: classes' `cloudEnvFileName`s confined to `--cloud-env-dir`, the node default.
     clouds: CloudConfig,
 }
@@ -86,6 +101,7 @@ impl ProviderService {
         }
         Ok(Self {
             mounts,
+            large: tokio::sync::Semaphore::new(1),
             clouds,
             clients: ClientPool::new(
                 transport,
@@ -112,6 +128,23 @@ impl ProviderService {
         &self.metrics
     }
 
+    /// Refuses oversized fields before any parsing.
+    fn check_sizes(req: &MountRequest) -> Result<(), ProviderError> {
+        if req.attributes.len() > MAX_ATTRIBUTES_BYTES {
+            return Err(ProviderError::Attributes(format!(
+                "{} bytes, more than the limit of {MAX_ATTRIBUTES_BYTES} (the SecretProviderClass parameters are too large)",
+                req.attributes.len()
+            )));
+        }
+        if req.secrets.len() > MAX_SECRETS_BYTES {
+            return Err(ProviderError::Secrets(format!(
+                "{} bytes, more than the limit of {MAX_SECRETS_BYTES} (the nodePublishSecretRef Secret is too large)",
+                req.secrets.len()
+            )));
+        }
+        Ok(())
+    }
+
     fn decode(req: &MountRequest) -> Result<Decoded, ProviderError> {
         Ok(Decoded {
             attrs: json_map(&req.attributes, ProviderError::Attributes)?,
@@ -122,7 +155,15 @@ impl ProviderService {
 
     /// A Mount, start to end; errors carry the context the driver will log.
     pub async fn mount(&self, req: MountRequest) -> Result<MountResponse, ProviderError> {
-        // Never closed, so acquire only fails if it were; then run unbounded rather than fail.
+        Self::check_sizes(&req)?;
+        // Semaphores are never closed, so acquire only fails if one were; then run unbounded
+        // rather than fail. A large request waits for the one large lane before it takes a
+        // mount slot, so a queue of them never holds the slots ordinary mounts need.
+        let lane = if req.attributes.len() + req.secrets.len() > LARGE_REQUEST_BYTES {
+            self.large.acquire().await.ok()
+        } else {
+            None
+        };
         let _permit = self.mounts.acquire().await.ok();
         // Decoding and parsing are bounded (size, nesting, counts) but CPU work on input from
         // any namespace: done off the async workers that serve every other pod.
@@ -133,6 +174,7 @@ impl ProviderService {
         })
         .await
         .map_err(|_| ProviderError::Internal("parsing the mount request"))??;
+        drop(lane);
         // The pod's own identity only: never this node's environment.
         let identity = Identity::select(
             &params,
@@ -245,6 +287,11 @@ impl CsiDriverProvider for Grpc {
                 let status = e.to_status();
                 self.0.metrics.observe_grpc("Mount", status.code(), elapsed);
                 tracing::error!(code = ?status.code(), error = %status.message(), "mount failed");
+                let delay = self.0.config.refusal_delay;
+                if status.code() == tonic::Code::InvalidArgument && !delay.is_zero() {
+                    // 1x to 1.5x, so refusals that arrived together do not come back together.
+                    tokio::time::sleep(delay.mul_f64(1.0 + fastrand::f64() / 2.0)).await;
+                }
                 Err(status)
             }
         }

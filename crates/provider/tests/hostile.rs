@@ -185,6 +185,37 @@ async fn oversized_request_is_refused_by_the_transport_and_the_connection_keeps_
         .expect("normal mount answers")
         .unwrap();
     assert_eq!(file(&resp, "plain").contents, b"hello world");
+    // Fields over their own limits are refused before any JSON parsing, naming the source.
+    let secrets = format!(
+        "{{\"clientid\":\"app\",\"clientsecret\":\"{}\"}}",
+        "s".repeat(provider::service::MAX_SECRETS_BYTES)
+    );
+    let status = mount(
+        &mut client,
+        request(&attrs(&one_secret(), &[]), &secrets, "420"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("nodePublishSecretRef Secret is too large"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains("sss"), "{}", status.message());
+    let padding = "p".repeat(provider::service::MAX_ATTRIBUTES_BYTES);
+    let big = attrs(&one_secret(), &[("padding", padding.as_str())]);
+    let status = mount(&mut client, request(&big, &sp, "420"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("parameters are too large"),
+        "{}",
+        status.message()
+    );
     env.stop().await;
 }
 
@@ -261,5 +292,57 @@ async fn socket_is_private_and_silent_connections_are_closed() {
         .expect("slow mount answers")
         .expect("slow mount is not cut by the idle timeout");
     assert_eq!(file(&resp, "plain").contents, b"hello world");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_mounts_answer_after_the_refusal_delay_without_holding_up_others() {
+    let delay = Duration::from_millis(600);
+    let env = start_with("", |c| c.refusal_delay = delay).await;
+    let client = env.client().await;
+    let sp = sp_secrets("app", "app-secret");
+    let typo = "arrray:\n  - |\n    objectName: plain\n    objectType: secret\n";
+    // Eight refused mounts in flight on the connection a normal mount also uses.
+    let t0 = std::time::Instant::now();
+    let refused: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = client.clone();
+            let req = request(&attrs(typo, &[]), &sp, "420");
+            tokio::spawn(async move {
+                let status = mount(&mut c, req).await.unwrap_err();
+                (status, t0.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c = client.clone();
+    let resp = mount(&mut c, request(&attrs(&one_secret(), &[]), &sp, "420"))
+        .await
+        .unwrap();
+    let normal_done = t0.elapsed();
+    assert_eq!(file(&resp, "plain").contents, b"hello world");
+    for r in refused {
+        let (status, at) = r.await.unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("did you mean array?"),
+            "{}",
+            status.message()
+        );
+        // The refusal waited at least the delay; the normal mount did not wait for it.
+        assert!(at >= delay, "refused after {at:?}, delay {delay:?}");
+        assert!(
+            normal_done < at,
+            "normal mount at {normal_done:?}, refusal at {at:?}"
+        );
+    }
+    // Vault errors are not delayed: they are not the caller's input.
+    let missing = objects(&["objectName: does-not-exist\nobjectType: secret"]);
+    let t = std::time::Instant::now();
+    let status = mount(&mut c, request(&attrs(&missing, &[]), &sp, "420"))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(t.elapsed() < delay, "{:?}", t.elapsed());
     env.stop().await;
 }

@@ -63,6 +63,10 @@ pub struct Args {
     /// Mounts processed at once (more wait their turn; bounds memory when many pods start).
     #[arg(long, default_value_t = provider::config::DEFAULT_MAX_CONCURRENT_MOUNTS)]
     max_concurrent_mounts: usize,
+    /// How long a Mount refused for invalid input waits before it answers (bounds how fast a
+    /// caller can make the provider refuse hostile classes; 0s = answer at once).
+    #[arg(long, default_value = "250ms", value_parser = crate::cmd::parse_duration)]
+    refusal_delay: Duration,
     /// Concurrent Key Vault requests per mount.
     #[arg(long, default_value_t = mount::DEFAULT_CONCURRENCY)]
     concurrency: usize,
@@ -113,6 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         nmi_endpoint: args.nmi_endpoint.clone(),
         concurrency: args.concurrency.max(1),
         max_concurrent_mounts: args.max_concurrent_mounts.max(1),
+        refusal_delay: args.refusal_delay,
         cache: CacheConfig {
             latest_ttl: args.cache_ttl,
             versioned_ttl: args.cache_ttl_versioned,
