@@ -411,10 +411,10 @@ pub fn patch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn config() -> MutateConfig {
+    pub(crate) fn config() -> MutateConfig {
         MutateConfig {
             image: "registry.example/kvbridge:1".into(),
             env_args: vec![],
@@ -422,7 +422,7 @@ mod tests {
         }
     }
 
-    fn target(name: &str) -> (Cloud, String) {
+    pub(crate) fn target(name: &str) -> (Cloud, String) {
         let cloud = Cloud::public();
         let url = cloud.vault_url(name);
         (cloud, url)
@@ -488,7 +488,7 @@ mod tests {
         })
     }
 
-    fn apply(pod: &serde_json::Value, ops: &[serde_json::Value]) -> serde_json::Value {
+    pub(crate) fn apply(pod: &serde_json::Value, ops: &[serde_json::Value]) -> serde_json::Value {
         let mut doc = pod.clone();
         let p: json_patch::Patch =
             serde_json::from_value(serde_json::Value::Array(ops.to_vec())).unwrap();

@@ -385,21 +385,8 @@ pub fn combine(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mutate::tests::{apply, config, target};
     use crate::spec::RuntimeIdentity;
-
-    fn config() -> MutateConfig {
-        MutateConfig {
-            image: "registry.example/kvbridge:1".into(),
-            env_args: vec![],
-            default_tenant: Some("tenant-1".into()),
-        }
-    }
-
-    fn target(name: &str) -> (Cloud, String) {
-        let cloud = Cloud::public();
-        let url = cloud.vault_url(name);
-        (cloud, url)
-    }
 
     fn namespace_akvs() -> BTreeMap<String, AzureKeyVaultSecretSpec> {
         let akvs = |v: serde_json::Value| serde_json::from_value(v).unwrap();
@@ -453,14 +440,6 @@ mod tests {
         let p: Pod = serde_json::from_value(pod.clone()).unwrap();
         let env_ops = crate::mutate::patch(&p, "apps", &namespace_akvs(), &config(), &target)?;
         combine(&p, env_ops, "apps", &namespace_akvs(), &config(), &target)
-    }
-
-    fn apply(pod: &serde_json::Value, ops: &[serde_json::Value]) -> serde_json::Value {
-        let mut doc = pod.clone();
-        let p: json_patch::Patch =
-            serde_json::from_value(serde_json::Value::Array(ops.to_vec())).unwrap();
-        json_patch::patch(&mut doc, &p).unwrap();
-        doc
     }
 
     fn env_of<'a>(c: &'a serde_json::Value, name: &str) -> Option<&'a str> {

@@ -5,10 +5,12 @@
 //! Secret), builds the bundle from the dev vault.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::{
@@ -19,50 +21,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::json;
+
+use common::*;
 use testenv::vault::DevVaultProcess;
 
 /// Its own namespace label, so that the other webhook tests' configurations never select
 /// these namespaces (and this one never theirs).
 const LABEL: &str = "kvbridge.test/trust-injection";
 const CONFIG: &str = "kvbridge-trust-injector";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kvbridge")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serving_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=kvbridge-webhook"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
 
 fn pod(name: &str, trust: Option<&str>) -> Pod {
     let annotations = trust.map(|t| json!({"kvbridge.io/trust": t}));
@@ -108,40 +74,13 @@ async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
     .unwrap_or_else(|e| panic!("{e}"));
 
     let (cert, key) = serving_cert(dir.path());
-    let mut child = Command::new(bin())
-        .args([
-            "webhook",
-            "--listen",
-            "127.0.0.1:0",
-            "--image",
-            "kvbridge:test",
-        ])
-        .arg("--no-registry-lookup")
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .args(["--tenant-id", &vault.tenant])
-        .arg("--cloud-env-file")
-        .arg(&vault.cloud_env_file)
-        .arg(format!("--env-arg=--ca-file={}", vault.ca.display()))
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env_remove("POD_NAMESPACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _webhook = Killed(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("kvbridge webhook listening on ")
-        .unwrap_or_else(|| panic!("banner: {line:?}"))
-        .to_string();
+    let (_webhook, url) = start_webhook(
+        cp,
+        &vault,
+        &cert,
+        &key,
+        &["--no-registry-lookup".to_string()],
+    );
 
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let config = MutatingWebhookConfiguration {

@@ -4,10 +4,12 @@
 //! from the dev vault.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::{
@@ -18,56 +20,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::json;
+
+use common::*;
 use testenv::registry::{Registry, PASSWORD, USER};
 use testenv::vault::DevVaultProcess;
 
 const INJECTION_LABEL: &str = "azure-key-vault-env-injection";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_kvbridge")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A self-signed serving certificate for 127.0.0.1 (openssl as an independent tool).
-fn serving_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-days", "2", "-subj", "/CN=kvbridge-webhook"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
 
 fn pod(name: &str, command: Option<Vec<&str>>, env: &[(&str, &str)]) -> Pod {
     serde_json::from_value(json!({
@@ -111,41 +69,13 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
 
     // The webhook process.
     let (cert, key) = serving_cert(dir.path());
-    let mut child = Command::new(bin())
-        .args([
-            "webhook",
-            "--listen",
-            "127.0.0.1:0",
-            "--image",
-            "kvbridge:test",
-            // Containers without command are refused (the lookup: the registry test below).
-            "--no-registry-lookup",
-        ])
-        .arg("--tls-cert-file")
-        .arg(&cert)
-        .arg("--tls-key-file")
-        .arg(&key)
-        .args(["--tenant-id", &vault.tenant])
-        .arg("--cloud-env-file")
-        .arg(&vault.cloud_env_file)
-        .arg(format!("--env-arg=--ca-file={}", vault.ca.display()))
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env_remove("POD_NAMESPACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _webhook = Killed(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("kvbridge webhook listening on ")
-        .unwrap_or_else(|| panic!("banner: {line:?}"))
-        .to_string();
+    let (_webhook, url) = start_webhook(
+        cp,
+        &vault,
+        &cert,
+        &key,
+        &["--no-registry-lookup".to_string()],
+    );
 
     // A namespace not opted in (its pods opt in with kvbridge's own label).
     let other = cp.namespace(&client, "noinject").await.unwrap();
@@ -473,50 +403,6 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
 }
 
 // ---- entrypoints from a private registry ----------------------------------------------------
-
-fn start_webhook(
-    cp: &testenv::ControlPlane,
-    vault: &DevVaultProcess,
-    cert: &Path,
-    key: &Path,
-    extra: &[String],
-) -> (Killed, String) {
-    let mut child = Command::new(bin())
-        .args([
-            "webhook",
-            "--listen",
-            "127.0.0.1:0",
-            "--image",
-            "kvbridge:test",
-        ])
-        .arg("--tls-cert-file")
-        .arg(cert)
-        .arg("--tls-key-file")
-        .arg(key)
-        .args(["--tenant-id", &vault.tenant])
-        .arg("--cloud-env-file")
-        .arg(&vault.cloud_env_file)
-        .arg(format!("--env-arg=--ca-file={}", vault.ca.display()))
-        .args(extra)
-        .env("KUBECONFIG", cp.kubeconfig())
-        .env_remove("POD_NAMESPACE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let killed = Killed(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("kvbridge webhook listening on ")
-        .unwrap_or_else(|| panic!("banner: {line:?}"))
-        .to_string();
-    (killed, url)
-}
 
 /// One webhook entry for Pod CREATE at `url`, selecting namespaces by `selector`.
 fn webhook_entry(name: &str, url: &str, cert: &Path, selector: LabelSelector) -> MutatingWebhook {
