@@ -41,7 +41,14 @@ pub struct Signer {
     key: EcdsaKeyPair,
     kid: String,
     rng: ring::rand::SystemRandom,
+    /// Claims of tokens whose signature was verified, by the token's SHA-256: a client sends
+    /// the same token with every request, and an ECDSA verification costs ~100x the hash.
+    /// Times are still checked on every use.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Claims>>,
 }
+
+/// Verified tokens remembered; the memory is emptied when full.
+const VERIFIED_TOKENS: usize = 4096;
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,7 +71,12 @@ impl Signer {
         let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)?;
         let digest = ring::digest::digest(&ring::digest::SHA256, key.public_key().as_ref());
         let kid = B64URL.encode(&digest.as_ref()[..16]);
-        Ok(Self { key, kid, rng })
+        Ok(Self {
+            key,
+            kid,
+            rng,
+            verified: Default::default(),
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -96,6 +108,39 @@ impl Signer {
 
     /// Verifies signature and time; the caller checks the audience with [`audience_matches`].
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(
+            ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+        );
+        let known = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&hash).cloned());
+        let claims = match known {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verify_signature(token)?;
+                if let Ok(mut m) = self.verified.lock() {
+                    if m.len() >= VERIFIED_TOKENS {
+                        m.clear();
+                    }
+                    m.insert(hash, claims.clone());
+                }
+                claims
+            }
+        };
+        // Entra allows five minutes of clock skew.
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now + 300 {
+            return Err(TokenError::NotYetValid);
+        }
+        Ok(claims)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<Claims, TokenError> {
         let (input, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let (_header, payload) = input.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = B64URL.decode(sig).map_err(|_| TokenError::Malformed)?;
@@ -108,13 +153,6 @@ impl Signer {
         let claims: Claims =
             serde_json::from_slice(&B64URL.decode(payload).map_err(|_| TokenError::Malformed)?)
                 .map_err(|_| TokenError::Malformed)?;
-        // Entra allows five minutes of clock skew.
-        if claims.exp <= now {
-            return Err(TokenError::Expired);
-        }
-        if claims.nbf > now + 300 {
-            return Err(TokenError::NotYetValid);
-        }
         Ok(claims)
     }
 }

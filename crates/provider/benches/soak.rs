@@ -1,6 +1,7 @@
 //! Soak benchmark (prints, not a timed test): a real `kvbridge provider` process serving normal
 //! Mounts while hostile clients hammer it with classes built to stall it (100k-deep YAML
-//! nesting, an 80,000-object list, a FIFO as `cloudEnvFileName`, a typo'd objects list).
+//! nesting, an 80,000-object list, a FIFO as `cloudEnvFileName`, the largest classes the
+//! provider reads, a typo'd objects list).
 //! Reports the normal Mounts' p50/p99 unloaded and under that load (target: p99 within 2x),
 //! and how long the class parser takes on the largest inputs the limits admit.
 //!
@@ -90,7 +91,7 @@ fn objects_n(n: usize) -> String {
 }
 
 /// A hostile class: label, `objects`, extra parameters.
-type Hostile = (&'static str, String, Vec<(&'static str, &'static str)>);
+type Hostile = (&'static str, String, Vec<(&'static str, String)>);
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -172,6 +173,62 @@ fn parser_figures() {
     }
 }
 
+/// A Mount sent as bytes encoded once: the generator shares the machine with the provider,
+/// and re-encoding a multi-MB request per call would make it, not the provider, the load.
+#[derive(Clone, Copy, Default)]
+struct Preencoded;
+
+impl tonic::codec::Encoder for Preencoded {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Preencoded {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(&mut self, _: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        Ok(Some(()))
+    }
+}
+
+impl tonic::codec::Codec for Preencoded {
+    type Encode = bytes::Bytes;
+    type Decode = ();
+    type Encoder = Self;
+    type Decoder = Self;
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+async fn raw_mount(
+    client: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    body: bytes::Bytes,
+) -> Result<(), tonic::Status> {
+    client
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/v1alpha1.CSIDriverProvider/Mount");
+    client
+        .unary(tonic::Request::new(body), path, Preencoded)
+        .await
+        .map(|_| ())
+}
+
 /// Mounts each hostile client keeps in flight on its connection.
 const HOSTILE_STREAMS: usize = 16;
 
@@ -185,14 +242,16 @@ async fn hostile_load(
 ) {
     let mut tasks = Vec::new();
     for (_, objs, extra) in hostile {
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let req = request(&attrs(&objs, &extra), &sp, "420");
-        let client = connect(&socket).await;
+        let req = bytes::Bytes::from(prost::Message::encode_to_vec(&req));
+        let client = tonic::client::Grpc::new(channel(&socket).await);
         for _ in 0..HOSTILE_STREAMS {
             let (stop, refused, req) = (stop.clone(), refused.clone(), req.clone());
             let mut c = client.clone();
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    if mount(&mut c, req.clone()).await.is_err() {
+                    if raw_mount(&mut c, req.clone()).await.is_err() {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -204,8 +263,11 @@ async fn hostile_load(
     }
 }
 
+/// `KVBRIDGE_SOAK_CLASSES` (comma-separated label prefixes, e.g. `80,FIFO`) keeps only those
+/// hostile classes, to see what each one costs; unset runs them all.
 fn hostile_classes() -> Vec<Hostile> {
-    vec![
+    let only = std::env::var("KVBRIDGE_SOAK_CLASSES").ok();
+    let all: Vec<Hostile> = vec![
         (
             "100k-deep nesting",
             format!(
@@ -219,14 +281,31 @@ fn hostile_classes() -> Vec<Hostile> {
         (
             "FIFO cloudEnvFileName",
             objects_n(1),
-            vec![("cloudEnvFileName", "fifo")],
+            vec![("cloudEnvFileName", "fifo".into())],
+        ),
+        (
+            "3.3 MiB class (read, then refused)",
+            objects_n(1),
+            vec![("padding", "p".repeat(3300 * 1024))],
+        ),
+        (
+            "1.9 MiB class (read, JSON parsed, refused)",
+            objects_n(1),
+            vec![("padding", "p".repeat(1900 * 1024))],
         ),
         (
             "typo'd objects",
             "arrray:\n  - |\n    objectName: s-1\n    objectType: secret\n".into(),
             vec![],
         ),
-    ]
+    ];
+    match only {
+        None => all,
+        Some(only) => all
+            .into_iter()
+            .filter(|h| only.split(',').any(|p| h.0.starts_with(p.trim())))
+            .collect(),
+    }
 }
 
 /// How the hostile clients run: on a thread of this process (normal priority, sharing the two
@@ -363,7 +442,7 @@ fn main() {
         rt.block_on(wait_socket(&socket));
         println!("Provider with {provider_label}:");
         for (label, latency_ms, rounds) in [
-            ("bare loopback", 0u64, 1000usize),
+            ("bare loopback", 0u64, 3000usize),
             ("vault latency 20 ms", 20, 100),
         ] {
             let body = serde_json::json!({ "latency_ms": latency_ms }).to_string();
@@ -404,7 +483,7 @@ fn main() {
         let _ = child.wait();
     }
     println!(
-        "Hostile classes, 4 clients each keeping {HOSTILE_STREAMS} mounts of one in flight: {}",
+        "Hostile classes, one client (connection) each keeping {HOSTILE_STREAMS} mounts of it in flight: {}",
         hostile.iter().map(|h| h.0).collect::<Vec<_>>().join(", ")
     );
 }

@@ -61,6 +61,9 @@ pub struct ProviderConfig {
     /// bounds how fast one caller can make the provider refuse classes (a flood of hostile
     /// classes), and is far below kubelet's own retry backoff, so users see no difference.
     pub refusal_delay: std::time::Duration,
+    /// Bytes of large Mount requests (over [`crate::gate::LARGE_REQUEST_BYTES`]) read and
+    /// parsed per second, at most; they go one at a time (see [`crate::gate`]).
+    pub large_read_rate: u64,
     pub cache: CacheConfig,
     /// Bounds on the provider socket's connections.
     pub connections: crate::listener::ConnLimits,
@@ -82,6 +85,7 @@ impl Default for ProviderConfig {
             concurrency: mount::DEFAULT_CONCURRENCY,
             max_concurrent_mounts: DEFAULT_MAX_CONCURRENT_MOUNTS,
             refusal_delay: DEFAULT_REFUSAL_DELAY,
+            large_read_rate: crate::gate::DEFAULT_LARGE_READ_RATE,
             cache: CacheConfig::default(),
             connections: crate::listener::ConnLimits::default(),
             system_trust: None,

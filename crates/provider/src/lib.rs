@@ -9,6 +9,8 @@
 //!   `mount::mount_files`, and returns the rendered files.
 //! - [`cache::NodeCache`]: per node, keyed by (vault, identity, object type, name, version);
 //!   concurrent identical fetches are coalesced; `latest` is reused only within a short TTL.
+//! - [`gate`]: what a Mount's length prefix decides before its body is read (oversized:
+//!   refused unread; large: one at a time, at a bounded byte rate).
 //! - [`server`]: the unix-socket gRPC server (+ gRPC health), `/healthz` and `/metrics`.
 //! - [`metrics`]: Prometheus text (Key Vault latency by object type and outcome, gRPC latency by
 //!   method and code); no object names or values in labels.
@@ -19,6 +21,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod flexvolume;
+pub mod gate;
 pub mod listener;
 pub mod metrics;
 pub mod server;

@@ -18,10 +18,14 @@ use crate::service::{Grpc, ProviderService};
 /// raised with its --max-call-recv-msg-size).
 pub const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
-/// Largest Mount request we read. Requests up to this size reach the service, whose own limits
-/// (attributes, secrets: checked before any parsing) answer with an error naming the part that
-/// is too large; a larger message is refused by the transport before it is buffered.
-pub const MAX_REQUEST_SIZE: usize = 8 * 1024 * 1024;
+/// Largest Mount request we read (a larger one is refused from its length prefix, unread).
+pub use crate::gate::MAX_REQUEST_SIZE;
+
+/// Concurrent calls per provider-socket connection (HTTP/2 streams; hyper's default).
+pub const MAX_STREAMS: u32 = 200;
+
+/// Per-stream HTTP/2 receive window (HTTP/2's initial default).
+pub const STREAM_WINDOW: u32 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -110,10 +114,19 @@ pub async fn serve_grpc(
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+    let gate = service.gate_config();
     let provider = CsiDriverProviderServer::new(Grpc(service))
         .max_decoding_message_size(MAX_REQUEST_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let provider = crate::gate::Gate::new(provider, gate);
     tonic::transport::Server::builder()
+        // The driver sends every pod's Mount over one connection. A Mount waiting for the
+        // large-request lane is not read (see crate::gate), so each stream may hold only a
+        // small window, and the connection's window covers every stream's: waiting streams can
+        // never stall the connection for the others.
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(MAX_STREAMS * STREAM_WINDOW + 1024 * 1024)
         .add_service(health)
         .add_service(provider)
         .serve_with_incoming_shutdown(crate::listener::incoming(listener, limits), shutdown)

@@ -16,6 +16,7 @@ use render::render::RenderOptions;
 use tonic::{Request, Response, Status};
 
 use crate::cache::NodeCache;
+use crate::gate::{refusal_pause, GateConfig, GateLane, Lane};
 use crate::listener::ConnInfo;
 use crate::metrics::Metrics;
 use crate::proto::csi_driver_provider_server::CsiDriverProvider;
@@ -31,8 +32,8 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 2 * render::limits::MAX_CLASS_BYTES;
 /// certificate).
 pub const MAX_SECRETS_BYTES: usize = 1024 * 1024;
 
-/// Requests larger than this are parsed one at a time (see [`ProviderService::mount`]).
-pub const LARGE_REQUEST_BYTES: usize = 64 * 1024;
+/// Requests larger than this are read and parsed one at a time (see [`crate::gate`]).
+pub use crate::gate::LARGE_REQUEST_BYTES;
 
 /// The provider. Cheap to share (`Arc`); one per node.
 pub struct ProviderService {
@@ -42,9 +43,10 @@ pub struct ProviderService {
     /// One Key Vault client per identity (Entra token and challenge caches).
     clients: ClientPool,
     mounts: tokio::sync::Semaphore,
-    /// One lane for parsing large requests: a flood of big (often hostile) classes takes at
-    /// most one parser at a time, while ordinary classes never wait behind it.
-    large: tokio::sync::Semaphore,
+    /// One lane for reading and parsing large requests, at a bounded byte rate: a flood of
+    /// big (often hostile) classes takes at most one parser at a time, while ordinary classes
+    /// never wait behind it (see [`crate::gate`]).
+    large: Arc<tokio::sync::Semaphore>,
     /// Clouds: classes' `cloudEnvFileName`s confined to `--cloud-env-dir`, the node default.
     clouds: CloudConfig,
 }
@@ -101,7 +103,7 @@ impl ProviderService {
         }
         Ok(Self {
             mounts,
-            large: tokio::sync::Semaphore::new(1),
+            large: Arc::new(tokio::sync::Semaphore::new(1)),
             clouds,
             clients: ClientPool::new(
                 transport,
@@ -126,6 +128,16 @@ impl ProviderService {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// What the gRPC [`Gate`](crate::gate::Gate) in front of this service shares with it.
+    pub fn gate_config(&self) -> GateConfig {
+        GateConfig {
+            lane: self.large.clone(),
+            large_read_rate: self.config.large_read_rate,
+            refusal_delay: self.config.refusal_delay,
+            metrics: self.metrics.clone(),
+        }
     }
 
     /// Refuses oversized fields before any parsing.
@@ -155,15 +167,30 @@ impl ProviderService {
 
     /// A Mount, start to end; errors carry the context the driver will log.
     pub async fn mount(&self, req: MountRequest) -> Result<MountResponse, ProviderError> {
+        self.mount_in(req, None).await
+    }
+
+    /// A Mount that may already hold the large-request lane (taken by the gate before its body
+    /// was read); released once the request is parsed, or on error.
+    pub async fn mount_in(
+        &self,
+        req: MountRequest,
+        lane: Option<Lane>,
+    ) -> Result<MountResponse, ProviderError> {
         Self::check_sizes(&req)?;
-        // Semaphores are never closed, so acquire only fails if one were; then run unbounded
-        // rather than fail. A large request waits for the one large lane before it takes a
-        // mount slot, so a queue of them never holds the slots ordinary mounts need.
-        let lane = if req.attributes.len() + req.secrets.len() > LARGE_REQUEST_BYTES {
-            self.large.acquire().await.ok()
-        } else {
-            None
+        // A large request holds the one large lane before it takes a mount slot, so a queue of
+        // them never holds the slots ordinary mounts need. Without the gate (a direct call),
+        // it is taken here.
+        let size = req.attributes.len() + req.secrets.len() + req.target_path.len();
+        let lane = match lane {
+            Some(lane) => Some(lane),
+            None if size > LARGE_REQUEST_BYTES => {
+                Some(Lane::take(&self.large, size, self.config.large_read_rate).await)
+            }
+            None => None,
         };
+        // Semaphores are never closed, so acquire only fails if one were; then run unbounded
+        // rather than fail.
         let _permit = self.mounts.acquire().await.ok();
         // Decoding and parsing are bounded (size, nesting, counts) but CPU work on input from
         // any namespace: done off the async workers that serve every other pod.
@@ -268,7 +295,11 @@ impl CsiDriverProvider for Grpc {
     ) -> Result<Response<MountResponse>, Status> {
         let start = Instant::now();
         let _call = request.extensions().get::<ConnInfo>().map(ConnInfo::call);
-        let result = self.0.mount(request.into_inner()).await;
+        let lane = request
+            .extensions()
+            .get::<GateLane>()
+            .and_then(GateLane::take);
+        let result = self.0.mount_in(request.into_inner(), lane).await;
         let elapsed = start.elapsed();
         match result {
             Ok(resp) => {
@@ -287,10 +318,8 @@ impl CsiDriverProvider for Grpc {
                 let status = e.to_status();
                 self.0.metrics.observe_grpc("Mount", status.code(), elapsed);
                 tracing::error!(code = ?status.code(), error = %status.message(), "mount failed");
-                let delay = self.0.config.refusal_delay;
-                if status.code() == tonic::Code::InvalidArgument && !delay.is_zero() {
-                    // 1x to 1.5x, so refusals that arrived together do not come back together.
-                    tokio::time::sleep(delay.mul_f64(1.0 + fastrand::f64() / 2.0)).await;
+                if status.code() == tonic::Code::InvalidArgument {
+                    refusal_pause(self.0.config.refusal_delay).await;
                 }
                 Err(status)
             }

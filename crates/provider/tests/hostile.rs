@@ -163,21 +163,37 @@ async fn huge_nested_or_typo_objects_are_refused_and_others_keep_being_served() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_request_is_refused_by_the_transport_and_the_connection_keeps_serving() {
-    let env = start().await;
+async fn oversized_request_is_refused_from_its_length_and_the_connection_keeps_serving() {
+    let env = start_with("", |c| c.refusal_delay = Duration::from_millis(300)).await;
     let mut client = env.client().await;
     let sp = sp_secrets("app", "app-secret");
     let mut req = request(&attrs(&one_secret(), &[]), &sp, "420");
     req.target_path = "x".repeat(provider::server::MAX_REQUEST_SIZE + 1);
+    let started = std::time::Instant::now();
     let status = timeout(BOUND, mount(&mut client, req))
         .await
         .expect("oversized mount answers")
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let limit = format!(
+        "more than the limit of {} bytes",
+        provider::server::MAX_REQUEST_SIZE
+    );
+    for want in [
+        limit.as_str(),
+        "refused without reading it",
+        "nodePublishSecretRef",
+    ] {
+        assert!(status.message().contains(want), "{}", status.message());
+    }
+    // Refused like any other invalid class: after the refusal delay.
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let refused = env.metrics().await;
     assert!(
-        status.message().contains("too large"),
-        "{}",
-        status.message()
+        refused.contains(
+            "kvbridge_grpc_request_duration_seconds_count{method=\"Mount\",code=\"InvalidArgument\"} 1"
+        ),
+        "{refused}"
     );
     let req = request(&attrs(&one_secret(), &[]), &sp, "420");
     let resp = timeout(BOUND, mount(&mut client, req))
@@ -215,6 +231,65 @@ async fn oversized_request_is_refused_by_the_transport_and_the_connection_keeps_
         status.message().contains("parameters are too large"),
         "{}",
         status.message()
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_requests_take_turns_at_a_bounded_rate_and_small_ones_never_wait() {
+    let rate = 512 * 1024;
+    let env = start_with("", |c| {
+        c.large_read_rate = rate;
+        c.refusal_delay = Duration::ZERO;
+    })
+    .await;
+    let client = env.client().await;
+    let sp = sp_secrets("app", "app-secret");
+    // 600 KiB classes (far over the large-request size, under every limit) whose objects have a
+    // typo: each is read and parsed, then refused.
+    let padding = "p".repeat(600 * 1024);
+    let typo = "arrray:\n  - |\n    objectName: plain\n    objectType: secret\n";
+    let big = request(&attrs(typo, &[("padding", padding.as_str())]), &sp, "420");
+    let pace = Duration::from_secs_f64(big.attributes.len() as f64 / rate as f64);
+    let started = std::time::Instant::now();
+    let mut large = Vec::new();
+    for _ in 0..3 {
+        let (mut c, req) = (client.clone(), big.clone());
+        large.push(tokio::spawn(async move {
+            let status = timeout(BOUND, mount(&mut c, req))
+                .await
+                .expect("large mount answers")
+                .unwrap_err();
+            assert!(
+                status.message().contains("did you mean array?"),
+                "{status:?}"
+            );
+            started.elapsed()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A normal mount meanwhile is served at once, not after the large ones.
+    let mut c = client.clone();
+    let resp = timeout(
+        BOUND,
+        mount(&mut c, request(&attrs(&one_secret(), &[]), &sp, "420")),
+    )
+    .await
+    .expect("normal mount answers")
+    .unwrap();
+    assert_eq!(file(&resp, "plain").contents, b"hello world");
+    let normal_done = started.elapsed();
+    let mut done = Vec::new();
+    for t in large {
+        done.push(t.await.unwrap());
+    }
+    done.sort();
+    // One at a time, each holding the lane for its size at the configured rate.
+    assert!(done[1] >= pace, "{done:?} pace {pace:?}");
+    assert!(done[2] >= pace * 2, "{done:?} pace {pace:?}");
+    assert!(
+        normal_done < done[1],
+        "normal {normal_done:?}, large {done:?}"
     );
     env.stop().await;
 }

@@ -131,6 +131,11 @@ pub async fn start_with(extra_secrets: &str, tweak: impl FnOnce(&mut ProviderCon
 }
 
 pub async fn connect(socket: &Path) -> CsiDriverProviderClient<Channel> {
+    CsiDriverProviderClient::new(channel(socket).await).max_decoding_message_size(64 << 20)
+}
+
+/// An HTTP/2 channel to the provider socket.
+pub async fn channel(socket: &Path) -> Channel {
     let path = socket.to_path_buf();
     let channel = Endpoint::try_from("http://[::]:50051")
         .unwrap()
@@ -144,7 +149,7 @@ pub async fn connect(socket: &Path) -> CsiDriverProviderClient<Channel> {
         }))
         .await
         .expect("connect to the provider socket");
-    CsiDriverProviderClient::new(channel).max_decoding_message_size(64 << 20)
+    channel
 }
 
 /// The `objects` parameter from YAML object documents.
@@ -262,6 +267,18 @@ impl Env {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.provider.as_ref().unwrap().metrics.unwrap()
+    }
+
+    /// The provider's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("http://{}/metrics", self.metrics_addr()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     pub async fn stop(mut self) {
