@@ -324,9 +324,24 @@ pub struct AzureKeyVaultSecretStatus {
     /// kvbridge: the `metadata.generation` last reconciled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// kvbridge: `Ready` with a reason.
+    /// kvbridge: outputs that changed but whose opted-in workloads (annotation
+    /// `kvbridge.io/restart-on-rotation`) could not all be restarted yet; retried on every
+    /// reconcile until the restart succeeds (condition `RestartPending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_restarts: Option<Vec<PendingRestart>>,
+    /// kvbridge: `Ready` with a reason; `RestartPending` while a restart on rotation is retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<Condition>>,
+}
+
+/// An output whose users still have to be restarted (no hash, no value: the hash is recomputed
+/// from the output when the restart is retried).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRestart {
+    /// `Secret` or `ConfigMap`.
+    pub kind: String,
+    pub name: String,
 }
 
 /// A status condition (the shape of `metav1.Condition`).

@@ -20,7 +20,7 @@ use mount::{Source as _, VaultSource};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::crd::{AzureKeyVaultSecret, AzureKeyVaultSecretStatus, Condition};
+use crate::crd::{AzureKeyVaultSecret, AzureKeyVaultSecretStatus, Condition, PendingRestart};
 use crate::mapping::{self, MapOptions};
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::objects::{FetchFailure, ObjectCache, SlotKey};
@@ -28,6 +28,12 @@ use crate::write::{self, Calls, Outcome, Written};
 
 /// The condition type.
 pub const READY: &str = "Ready";
+/// The condition that says a restart on rotation failed and is retried (`True`), or that the
+/// retried restart went through (`False`).
+pub const RESTART_PENDING: &str = "RestartPending";
+
+/// `(kind, name, content hash)` of an output.
+pub type OutputHash = (&'static str, String, String);
 
 /// Controller-wide settings.
 #[derive(Debug, Clone)]
@@ -215,10 +221,34 @@ fn ready(
     message: String,
     generation: Option<i64>,
 ) -> Condition {
+    condition(prev, READY, ok, reason, message, generation)
+}
+
+/// Condition `type_` in `prev`, if any.
+fn find_condition<'a>(prev: &'a AzureKeyVaultSecretStatus, type_: &str) -> Option<&'a Condition> {
+    prev.conditions.iter().flatten().find(|c| c.type_ == type_)
+}
+
+/// Replaces (or adds) the condition of `c`'s type, keeping the others.
+fn set_condition(status: &mut AzureKeyVaultSecretStatus, c: Condition) {
+    let conditions = status.conditions.get_or_insert_with(Vec::new);
+    match conditions.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => *x = c,
+        None => conditions.push(c),
+    }
+}
+
+/// A condition of `type_`, keeping the transition time when the status did not flip.
+fn condition(
+    prev: Option<&AzureKeyVaultSecretStatus>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
     let status = if ok { "True" } else { "False" };
-    let before = prev
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == READY));
+    let before = prev.and_then(|s| find_condition(s, type_));
     let last_transition_time = match before {
         Some(b) if b.status == status => b.last_transition_time.clone(),
         _ => now_rfc3339(),
@@ -226,7 +256,7 @@ fn ready(
     // Condition messages are bounded (Kubernetes allows 32 KiB); keep them short.
     let message: String = message.chars().take(1024).collect();
     Condition {
-        type_: READY.into(),
+        type_: type_.into(),
         status: status.into(),
         observed_generation: generation,
         last_transition_time,
@@ -376,7 +406,7 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
     let mut status = prev.clone();
     let mut changed_outputs: Vec<String> = Vec::new();
     // Outputs that existed and got new content: (kind, name, new hash), for restarts.
-    let mut rotated: Vec<(&'static str, String, String)> = Vec::new();
+    let mut rotated: Vec<OutputHash> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
 
     if let Some(ds) = &desired.secret {
@@ -493,19 +523,25 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         if transition(&prev, "False", "NotOwned") {
             publish(ctx, akvs, EventType::Warning, "NotOwned", msg.clone()).await;
         }
-        status.conditions = Some(vec![ready(Some(&prev), false, "NotOwned", msg, generation)]);
+        set_condition(
+            &mut status,
+            ready(Some(&prev), false, "NotOwned", msg, generation),
+        );
     } else {
-        status.conditions = Some(vec![ready(
-            Some(&prev),
-            true,
-            "Synced",
-            format!(
-                "{} version {} synced",
-                spec.vault.object.object_type.as_str(),
-                desired.object_version
+        set_condition(
+            &mut status,
+            ready(
+                Some(&prev),
+                true,
+                "Synced",
+                format!(
+                    "{} version {} synced",
+                    spec.vault.object.object_type.as_str(),
+                    desired.object_version
+                ),
+                generation,
             ),
-            generation,
-        )]);
+        );
     }
     status.object_version = Some(desired.object_version.clone());
     status.observed_generation = generation;
@@ -526,9 +562,32 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         )
         .await;
     }
-    if !rotated.is_empty() {
-        restart_workloads(akvs, ctx, &rotated, &mut calls).await;
+    // Restarts: the outputs rotated now plus those whose restart failed before (from the
+    // status, so a restarted controller or a new leader retries them too).
+    let mut current: Vec<OutputHash> = Vec::new();
+    if let (Some(n), Some(h)) = (&status.secret_name, &status.secret_hash) {
+        current.push(("Secret", n.clone(), h.clone()));
     }
+    if let (Some(n), Some(h)) = (&status.config_map_name, &status.config_map_hash) {
+        current.push(("ConfigMap", n.clone(), h.clone()));
+    }
+    let pending_before = prev.pending_restarts.clone().unwrap_or_default();
+    let targets = restart_targets(&rotated, &pending_before, &current);
+    if !targets.is_empty() || !pending_before.is_empty() {
+        let failure = if targets.is_empty() {
+            None
+        } else {
+            restart_workloads(akvs, ctx, &targets, &mut calls).await
+        };
+        let newly_failed = record_restart(&mut status, &prev, &targets, failure, generation);
+        if let Some(msg) = newly_failed {
+            publish(ctx, akvs, EventType::Warning, "RestartFailed", msg).await;
+        }
+    }
+    let restart_pending = status
+        .pending_restarts
+        .as_ref()
+        .is_some_and(|p| !p.is_empty());
     let result = write_status(akvs, ctx, &prev, status, &mut calls).await;
     ctx.count(calls);
     result?;
@@ -542,7 +601,7 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
             },
         })
         .inc();
-    if refused.is_empty() {
+    if refused.is_empty() && !restart_pending {
         ctx.succeeded(&oref);
         Ok(Action::requeue(jitter(akvs, refresh)))
     } else {
@@ -550,15 +609,97 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
     }
 }
 
+/// The outputs whose users get restarted in this reconcile: those rotated now, and those still
+/// pending from an earlier failed restart that are still outputs of the resource (with their
+/// current hash; a pending output renamed or dropped since is forgotten).
+pub(crate) fn restart_targets(
+    rotated: &[OutputHash],
+    pending: &[PendingRestart],
+    current: &[OutputHash],
+) -> Vec<OutputHash> {
+    let mut out: Vec<OutputHash> = rotated.to_vec();
+    for (kind, name, hash) in current {
+        let is_pending = pending.iter().any(|p| p.kind == *kind && p.name == *name);
+        let listed = out.iter().any(|(k, n, _)| k == kind && n == name);
+        if is_pending && !listed {
+            out.push((kind, name.clone(), hash.clone()));
+        }
+    }
+    out
+}
+
+/// Records the restart attempt over `targets` in `status`: on `failure`, the targets become
+/// `pendingRestarts` and `RestartPending=True`; on success the pending list goes and a
+/// `RestartPending` condition left from before turns `False`. Returns the message of a failure
+/// that is new (not the same pending state as in `prev`), for the warning event.
+pub(crate) fn record_restart(
+    status: &mut AzureKeyVaultSecretStatus,
+    prev: &AzureKeyVaultSecretStatus,
+    targets: &[OutputHash],
+    failure: Option<String>,
+    generation: Option<i64>,
+) -> Option<String> {
+    match failure {
+        Some(error) => {
+            let mut pending: Vec<PendingRestart> = targets
+                .iter()
+                .map(|(kind, name, _)| PendingRestart {
+                    kind: (*kind).to_string(),
+                    name: name.clone(),
+                })
+                .collect();
+            pending.sort();
+            pending.dedup();
+            let outputs: Vec<String> = pending
+                .iter()
+                .map(|p| format!("{} {}", p.kind, p.name))
+                .collect();
+            let message = format!(
+                "restart of the workloads using {} failed, retrying: {error}",
+                outputs.join(", ")
+            );
+            let c = condition(
+                Some(prev),
+                RESTART_PENDING,
+                true,
+                "RestartFailed",
+                message,
+                generation,
+            );
+            let new = find_condition(prev, RESTART_PENDING)
+                .is_none_or(|b| b.status != "True" || b.message != c.message);
+            let event = new.then(|| c.message.clone());
+            status.pending_restarts = Some(pending);
+            set_condition(status, c);
+            event
+        }
+        None => {
+            status.pending_restarts = None;
+            if find_condition(prev, RESTART_PENDING).is_some() {
+                let c = condition(
+                    Some(prev),
+                    RESTART_PENDING,
+                    false,
+                    "Restarted",
+                    "no restart pending".into(),
+                    generation,
+                );
+                set_condition(status, c);
+            }
+            None
+        }
+    }
+}
+
 /// Rolls the opted-in workloads that use a rotated output. A failure (e.g. no RBAC on the
-/// workloads) is reported as a warning event and does not fail the reconcile: the outputs are
-/// already written.
+/// workloads, an admission denial) does not fail the reconcile (the outputs are already
+/// written): its message is returned, recorded in the status and the restart retried.
 async fn restart_workloads(
     akvs: &AzureKeyVaultSecret,
     ctx: &Ctx,
-    rotated: &[(&'static str, String, String)],
+    rotated: &[OutputHash],
     calls: &mut Calls,
-) {
+) -> Option<String> {
     let ns = akvs.namespace().unwrap_or_default();
     let hashes = crate::restart::Hashes {
         secrets: &ctx.secrets,
@@ -566,44 +707,40 @@ async fn restart_workloads(
         changed: rotated,
     };
     calls.reads += 3;
-    match crate::restart::after_rotation(&ctx.client, &ns, &hashes, &ctx.settings.field_manager)
-        .await
-    {
-        Ok(done) if done.is_empty() => {}
-        Ok(done) => {
-            calls.writes += done.len() as u32;
-            for r in &done {
-                ctx.metrics.write(r.kind, "restarted");
-            }
-            let names: Vec<String> = done
-                .iter()
-                .map(|r| format!("{} {}", r.kind, r.name))
-                .collect();
-            publish(
-                ctx,
-                akvs,
-                EventType::Normal,
-                "RolloutTriggered",
-                format!("rotation: restarting {}", names.join(", ")),
-            )
+    let report =
+        crate::restart::after_rotation(&ctx.client, &ns, &hashes, &ctx.settings.field_manager)
             .await;
+    let done = &report.restarted;
+    if !done.is_empty() {
+        calls.writes += done.len() as u32;
+        for r in done {
+            ctx.metrics.write(r.kind, "restarted");
         }
-        Err(e) => {
-            tracing::warn!(
-                resource = %format!("{ns}/{}", akvs.name_any()),
-                error = %e,
-                "restart on rotation failed"
-            );
-            publish(
-                ctx,
-                akvs,
-                EventType::Warning,
-                "RestartFailed",
-                format!("restarting the workloads that use the rotated outputs: {e}"),
-            )
-            .await;
-        }
+        let names: Vec<String> = done
+            .iter()
+            .map(|r| format!("{} {}", r.kind, r.name))
+            .collect();
+        publish(
+            ctx,
+            akvs,
+            EventType::Normal,
+            "RolloutTriggered",
+            format!("rotation: restarting {}", names.join(", ")),
+        )
+        .await;
     }
+    if report.failed.is_empty() {
+        return None;
+    }
+    calls.writes += report.failed.iter().filter(|f| f.name.is_some()).count() as u32;
+    let failed: Vec<String> = report.failed.iter().map(|f| f.to_string()).collect();
+    let message = failed.join("; ");
+    tracing::warn!(
+        resource = %format!("{ns}/{}", akvs.name_any()),
+        error = %message,
+        "restart on rotation failed; retrying"
+    );
+    Some(message)
 }
 
 /// A failure that leaves the outputs alone: `Ready=False` with `reason`, a warning event,
@@ -633,13 +770,11 @@ async fn finish_failed(
         publish(ctx, akvs, EventType::Warning, reason, message.clone()).await;
     }
     let mut status = prev.clone();
-    status.conditions = Some(vec![ready(
-        Some(&prev),
-        false,
-        reason,
-        message,
-        akvs.metadata.generation,
-    )]);
+    // Other conditions (a pending restart) stay as they are.
+    set_condition(
+        &mut status,
+        ready(Some(&prev), false, reason, message, akvs.metadata.generation),
+    );
     status.observed_generation = akvs.metadata.generation;
     let r = write_status(akvs, ctx, &prev, status, &mut calls).await;
     ctx.count(calls);
@@ -673,7 +808,9 @@ async fn write_status(
     }
     let api: Api<AzureKeyVaultSecret> =
         Api::namespaced(ctx.client.clone(), &akvs.namespace().unwrap_or_default());
-    let patch = serde_json::json!({ "status": status });
+    let Some(patch) = status_patch(prev, &status) else {
+        return Ok(());
+    };
     calls.writes += 1;
     match api
         .patch_status(
@@ -688,6 +825,26 @@ async fn write_status(
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(Error::Status(e)),
     }
+}
+
+/// The merge patch from `prev` to `status`. A merge patch leaves absent fields alone, so a field
+/// set before and unset now (e.g. `pendingRestarts` once the restart went through) is sent as
+/// `null`.
+fn status_patch(
+    prev: &AzureKeyVaultSecretStatus,
+    status: &AzureKeyVaultSecretStatus,
+) -> Option<serde_json::Value> {
+    let mut body = serde_json::to_value(status).ok()?;
+    if let (Ok(serde_json::Value::Object(before)), serde_json::Value::Object(now)) =
+        (serde_json::to_value(prev), &mut body)
+    {
+        for k in before.keys() {
+            if !now.contains_key(k) {
+                now.insert(k.clone(), serde_json::Value::Null);
+            }
+        }
+    }
+    Some(serde_json::json!({ "status": body }))
 }
 
 async fn publish(
@@ -738,7 +895,7 @@ fn record_write(
     hash: &str,
     prev_hash: Option<&str>,
     changed_outputs: &mut Vec<String>,
-    rotated: &mut Vec<(&'static str, String, String)>,
+    rotated: &mut Vec<OutputHash>,
     refused: &mut Vec<String>,
 ) -> bool {
     if let Outcome::NotOwned { owner } = outcome {
@@ -763,4 +920,143 @@ fn record_write(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(kind: &'static str, name: &str, hash: &str) -> OutputHash {
+        (kind, name.to_string(), hash.to_string())
+    }
+
+    fn pending(kind: &str, name: &str) -> PendingRestart {
+        PendingRestart {
+            kind: kind.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn restart_targets_merge_rotated_and_pending() {
+        let current = [out("Secret", "s", "h2"), out("ConfigMap", "c", "c1")];
+        // Nothing rotated, nothing pending: nothing to restart.
+        assert!(restart_targets(&[], &[], &current).is_empty());
+        // Rotated only.
+        assert_eq!(
+            restart_targets(&[out("Secret", "s", "h2")], &[], &current),
+            [out("Secret", "s", "h2")]
+        );
+        // Pending only (the controller restarted, or the vault did not change again): the
+        // current hash of the output, from this reconcile.
+        assert_eq!(
+            restart_targets(&[], &[pending("ConfigMap", "c")], &current),
+            [out("ConfigMap", "c", "c1")]
+        );
+        // Both, the same output once.
+        assert_eq!(
+            restart_targets(
+                &[out("Secret", "s", "h2")],
+                &[pending("Secret", "s"), pending("ConfigMap", "c")],
+                &current
+            ),
+            [out("Secret", "s", "h2"), out("ConfigMap", "c", "c1")]
+        );
+        // A pending output that is no output any more (renamed, dropped, not owned) is
+        // forgotten; the same name of the other kind does not count.
+        assert!(restart_targets(
+            &[],
+            &[pending("Secret", "old"), pending("Secret", "c")],
+            &current
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn record_restart_failure_then_success() {
+        let targets = [out("Secret", "s", "h2"), out("ConfigMap", "c", "c1")];
+        let prev = AzureKeyVaultSecretStatus {
+            conditions: Some(vec![ready(None, true, "Synced", "ok".into(), Some(1))]),
+            ..Default::default()
+        };
+        // Failure: pending list (sorted, names only), RestartPending=True naming the outputs
+        // and the error, Ready untouched, an event.
+        let mut failed = prev.clone();
+        let event = record_restart(
+            &mut failed,
+            &prev,
+            &targets,
+            Some("Deployment web: denied".into()),
+            Some(1),
+        );
+        assert_eq!(
+            failed.pending_restarts,
+            Some(vec![pending("ConfigMap", "c"), pending("Secret", "s")])
+        );
+        let c = find_condition(&failed, RESTART_PENDING).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "RestartFailed"));
+        assert!(c.message.contains("Secret s") && c.message.contains("ConfigMap c"));
+        assert!(c.message.contains("Deployment web: denied"));
+        assert!(!c.message.contains("h2"), "no hashes in the message");
+        assert_eq!(event.as_deref(), Some(c.message.as_str()));
+        assert_eq!(find_condition(&failed, READY), find_condition(&prev, READY));
+
+        // The same failure again: same status (no write), no second event.
+        let mut again = failed.clone();
+        let event = record_restart(
+            &mut again,
+            &failed,
+            &targets,
+            Some("Deployment web: denied".into()),
+            Some(1),
+        );
+        assert_eq!(again, failed);
+        assert_eq!(event, None);
+        // Another error: a new event.
+        let mut other = failed.clone();
+        let event = record_restart(
+            &mut other,
+            &failed,
+            &targets,
+            Some("Deployment web: conflict".into()),
+            Some(1),
+        );
+        assert!(event.unwrap().contains("conflict"));
+
+        // Success: the pending list goes, RestartPending=False, Ready untouched.
+        let mut done = failed.clone();
+        assert_eq!(record_restart(&mut done, &failed, &targets, None, Some(1)), None);
+        assert_eq!(done.pending_restarts, None);
+        let c = find_condition(&done, RESTART_PENDING).unwrap();
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Restarted"));
+        assert_eq!(find_condition(&done, READY), find_condition(&prev, READY));
+        // A success without a pending restart before adds no condition.
+        let mut plain = prev.clone();
+        record_restart(&mut plain, &prev, &targets, None, Some(1));
+        assert_eq!(plain, prev);
+    }
+
+    #[test]
+    fn status_patch_clears_what_went() {
+        let prev = AzureKeyVaultSecretStatus {
+            secret_name: Some("s".into()),
+            pending_restarts: Some(vec![pending("Secret", "s")]),
+            ..Default::default()
+        };
+        let now = AzureKeyVaultSecretStatus {
+            secret_name: Some("s".into()),
+            ..Default::default()
+        };
+        let patch = status_patch(&prev, &now).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({"status": {"secretName": "s", "pendingRestarts": null}})
+        );
+        let patch = status_patch(&now, &prev).unwrap();
+        assert_eq!(
+            patch,
+            serde_json::json!({"status": {"secretName": "s",
+                "pendingRestarts": [{"kind": "Secret", "name": "s"}]}})
+        );
+    }
 }

@@ -215,15 +215,51 @@ pub struct Restarted {
     pub name: String,
 }
 
+/// A workload kind that could not be listed (`name` is `None`) or a workload whose template
+/// could not be patched (API error, RBAC or admission denial, conflict).
+#[derive(Debug)]
+pub struct Failed {
+    pub kind: &'static str,
+    pub name: Option<String>,
+    pub error: kube::Error,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{} {name}: {}", self.kind, self.error),
+            None => write!(f, "listing {}s: {}", self.kind, self.error),
+        }
+    }
+}
+
+/// What [`after_rotation`] did: every workload is tried, one failure does not stop the others.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub restarted: Vec<Restarted>,
+    pub failed: Vec<Failed>,
+}
+
 async fn restart_kind<W: Workload>(
     client: &kube::Client,
     ns: &str,
     hashes: &Hashes<'_>,
     field_manager: &str,
-    out: &mut Vec<Restarted>,
-) -> Result<(), kube::Error> {
+    report: &mut Report,
+) {
     let api: Api<W> = Api::namespaced(client.clone(), ns);
-    for w in api.list(&ListParams::default()).await? {
+    let list = match api.list(&ListParams::default()).await {
+        Ok(l) => l,
+        Err(error) => {
+            report.failed.push(Failed {
+                kind: W::KIND,
+                name: None,
+                error,
+            });
+            return;
+        }
+    };
+    for w in list {
         if !opted_in(w.meta()) {
             continue;
         }
@@ -260,31 +296,37 @@ async fn restart_kind<W: Workload>(
             field_manager: Some(field_manager.to_string()),
             ..Default::default()
         };
-        api.patch(&w.name_any(), &pp, &Patch::Merge(&patch)).await?;
-        out.push(Restarted {
-            kind: W::KIND,
-            name: w.name_any(),
-        });
+        match api.patch(&w.name_any(), &pp, &Patch::Merge(&patch)).await {
+            Ok(_) => report.restarted.push(Restarted {
+                kind: W::KIND,
+                name: w.name_any(),
+            }),
+            Err(error) => report.failed.push(Failed {
+                kind: W::KIND,
+                name: Some(w.name_any()),
+                error,
+            }),
+        }
     }
-    Ok(())
 }
 
 /// Annotates the pod templates of opted-in workloads in `ns` that use an output in
-/// `hashes.changed`; returns those it annotated.
+/// `hashes.changed` and whose annotation differs (so a repeated call after a success patches
+/// nothing); reports those it annotated and those it could not.
 pub async fn after_rotation(
     client: &kube::Client,
     ns: &str,
     hashes: &Hashes<'_>,
     field_manager: &str,
-) -> Result<Vec<Restarted>, kube::Error> {
-    let mut out = Vec::new();
+) -> Report {
+    let mut report = Report::default();
     if hashes.changed.is_empty() {
-        return Ok(out);
+        return report;
     }
-    restart_kind::<Deployment>(client, ns, hashes, field_manager, &mut out).await?;
-    restart_kind::<StatefulSet>(client, ns, hashes, field_manager, &mut out).await?;
-    restart_kind::<DaemonSet>(client, ns, hashes, field_manager, &mut out).await?;
-    Ok(out)
+    restart_kind::<Deployment>(client, ns, hashes, field_manager, &mut report).await;
+    restart_kind::<StatefulSet>(client, ns, hashes, field_manager, &mut report).await;
+    restart_kind::<DaemonSet>(client, ns, hashes, field_manager, &mut report).await;
+    report
 }
 
 #[cfg(test)]
