@@ -680,7 +680,13 @@ pub(crate) fn record_restart(
                     Some(prev),
                     RESTART_PENDING,
                     false,
-                    "Restarted",
+                    // Nothing left to restart: the outputs pending before were renamed or
+                    // dropped from the spec.
+                    if targets.is_empty() {
+                        "OutputsGone"
+                    } else {
+                        "Restarted"
+                    },
                     "no restart pending".into(),
                     generation,
                 );
@@ -773,7 +779,13 @@ async fn finish_failed(
     // Other conditions (a pending restart) stay as they are.
     set_condition(
         &mut status,
-        ready(Some(&prev), false, reason, message, akvs.metadata.generation),
+        ready(
+            Some(&prev),
+            false,
+            reason,
+            message,
+            akvs.metadata.generation,
+        ),
     );
     status.observed_generation = akvs.metadata.generation;
     let r = write_status(akvs, ctx, &prev, status, &mut calls).await;
@@ -994,7 +1006,10 @@ mod tests {
             Some(vec![pending("ConfigMap", "c"), pending("Secret", "s")])
         );
         let c = find_condition(&failed, RESTART_PENDING).unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "RestartFailed"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "RestartFailed")
+        );
         assert!(c.message.contains("Secret s") && c.message.contains("ConfigMap c"));
         assert!(c.message.contains("Deployment web: denied"));
         assert!(!c.message.contains("h2"), "no hashes in the message");
@@ -1025,11 +1040,25 @@ mod tests {
 
         // Success: the pending list goes, RestartPending=False, Ready untouched.
         let mut done = failed.clone();
-        assert_eq!(record_restart(&mut done, &failed, &targets, None, Some(1)), None);
+        assert_eq!(
+            record_restart(&mut done, &failed, &targets, None, Some(1)),
+            None
+        );
         assert_eq!(done.pending_restarts, None);
         let c = find_condition(&done, RESTART_PENDING).unwrap();
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Restarted"));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "Restarted")
+        );
         assert_eq!(find_condition(&done, READY), find_condition(&prev, READY));
+        // Pending outputs that are no outputs any more: cleared, said so.
+        let mut gone = failed.clone();
+        record_restart(&mut gone, &failed, &[], None, Some(1));
+        assert_eq!(gone.pending_restarts, None);
+        assert_eq!(
+            find_condition(&gone, RESTART_PENDING).unwrap().reason,
+            "OutputsGone"
+        );
         // A success without a pending restart before adds no condition.
         let mut plain = prev.clone();
         record_restart(&mut plain, &prev, &targets, None, Some(1));

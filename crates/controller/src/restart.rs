@@ -6,8 +6,9 @@
 //! `imagePullSecrets`.
 //!
 //! The pure part ([`uses`], [`rollout_hash`]) is unit-tested; [`after_rotation`] lists the
-//! namespace's workloads only when an output changed, and patches only templates whose hash
-//! differs.
+//! namespace's workloads only when an output changed (or a restart is still pending), patches
+//! only templates whose hash differs and tries every workload even when one fails. A failure is
+//! kept in the resource's status by the reconcile and retried (see `reconcile::record_restart`).
 
 use std::collections::BTreeSet;
 

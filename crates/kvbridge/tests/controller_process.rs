@@ -898,3 +898,264 @@ spec:
         .unwrap_or(0.0);
     assert!(ok && triggered >= 1.0, "{metrics}");
 }
+
+/// A restart on rotation that fails is retried until it happens, across a controller that is
+/// killed and a new leader: an admission policy denies every update of the namespace's
+/// Deployments; a new vault version reaches the Secret, the status says the restart is pending
+/// (`pendingRestarts`, `RestartPending=True`), a `RestartFailed` warning is published and the
+/// pod template keeps its hash; the leader is SIGKILLed and another replica takes over (it
+/// only has the status to know); once the policy goes, the template gets the new hash without
+/// any further vault change and the pending state is cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
+    const NS: &str = "restart-retry";
+    const POLICY: &str = "kvbridge-test-freeze-deployments";
+    let Some((cp, client)) = cluster(NS).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dev_vault(cp, dir.path());
+    let lease = ["--lease-duration", "3s"];
+    let a = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        (NS, NS),
+        "retry-a",
+        &lease,
+    );
+    let manifests = dir.path().join("app.yaml");
+    std::fs::write(
+        &manifests,
+        format!(
+            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: app, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: app}}}}]\n"
+        ),
+    )
+    .unwrap();
+    apply(cp, &manifests);
+    let akvs_api = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), NS);
+    let status = || async {
+        akvs_api
+            .get("app")
+            .await
+            .ok()
+            .and_then(|a| a.status)
+            .unwrap_or_default()
+    };
+    let condition = |st: &controller::crd::AzureKeyVaultSecretStatus, t: &str| {
+        st.conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t)
+            .cloned()
+    };
+    eventually("first sync", &a.child, || async {
+        let st = status().await;
+        (condition(&st, "Ready")?.status == "True").then_some(())
+    })
+    .await;
+    let template_hash = || async {
+        let d: Deployment = Api::namespaced(client.clone(), NS).get("web").await.ok()?;
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("kvbridge.io/secrets-hash")
+            .cloned()
+    };
+    assert_eq!(template_hash().await, None, "first sync is no rotation");
+
+    // Freeze the namespace's Deployments: a ValidatingAdmissionPolicy denying every UPDATE
+    // (patches included), bound to this namespace only (the API server is shared).
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {POLICY}}}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n      - {{apiGroups: [apps], apiVersions: [v1], operations: [UPDATE], resources: [deployments]}}\n  validations:\n    - {{expression: 'false', message: 'deployments are frozen by the test'}}\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {POLICY}}}\nspec:\n  policyName: {POLICY}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels: {{kubernetes.io/metadata.name: {NS}}}\n"
+        ),
+    )
+    .unwrap();
+    apply(cp, &policy);
+    // The policy takes effect asynchronously: wait until a dry-run patch is denied.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let probe = serde_json::json!({"metadata": {"annotations": {"probe": "x"}}});
+    let dry_run = kube::api::PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    eventually("the admission policy denies updates", &a.child, || async {
+        let r = deployments
+            .patch("web", &dry_run, &kube::api::Patch::Merge(&probe))
+            .await;
+        match r {
+            Err(kube::Error::Api(e)) if e.message.contains("frozen") => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+
+    let version = vault.set_secret(VAULT, "my-secret", "rotated while frozen");
+    eventually("Secret rotated", &a.child, || async {
+        let s = secret(&client, NS, "app").await?;
+        (data(&s)["value"] == b"rotated while frozen").then_some(())
+    })
+    .await;
+    let t0 = Instant::now();
+    let st = eventually("restart pending in the status", &a.child, || async {
+        let st = status().await;
+        let c = condition(&st, "RestartPending")?;
+        (c.status == "True").then_some(st)
+    })
+    .await;
+    eprintln!(
+        "restart pending in the status {:?} after the rotation",
+        t0.elapsed()
+    );
+    let pending = condition(&st, "RestartPending").unwrap();
+    assert_eq!(pending.reason, "RestartFailed");
+    assert!(
+        pending.message.contains("Secret app")
+            && pending.message.contains("Deployment web")
+            && pending.message.contains("frozen"),
+        "{}",
+        pending.message
+    );
+    assert_eq!(
+        st.pending_restarts,
+        Some(vec![controller::crd::PendingRestart {
+            kind: "Secret".into(),
+            name: "app".into()
+        }])
+    );
+    let ready = condition(&st, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Synced")
+    );
+    assert_eq!(st.object_version.as_deref(), Some(version.as_str()));
+    let events = || {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["-n", NS, "get", "events.events.k8s.io", "-o", "json"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or_default().to_string(),
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["note"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        events().iter().any(|(t, r, n)| t == "Warning"
+            && r == "RestartFailed"
+            && n.contains("Deployment web")),
+        "{:?}",
+        events()
+    );
+    assert_eq!(
+        template_hash().await,
+        None,
+        "the denied patch changed nothing"
+    );
+
+    // The leader dies without a word (SIGKILL: no lease release); another replica takes over
+    // with nothing but the status to tell it a restart is pending, and keeps retrying.
+    a.child.kill();
+    let b = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        (NS, NS),
+        "retry-b",
+        &lease,
+    );
+    let t0 = Instant::now();
+    eventually("retry-b leads", &b.child, || async {
+        (lease_holder(&client, NS, "kvbridge-controller")
+            .await
+            .as_deref()
+            == Some("retry-b"))
+        .then_some(())
+    })
+    .await;
+    eventually("retry-b retries the restart", &b.child, || async {
+        let log = std::fs::read_to_string(b.child.log_path()).ok()?;
+        log.contains("restart on rotation failed").then_some(())
+    })
+    .await;
+    eprintln!(
+        "leader killed -> new leader retried the restart in {:?}",
+        t0.elapsed()
+    );
+    let st = status().await;
+    assert_eq!(condition(&st, "RestartPending").unwrap().status, "True");
+    assert!(st.pending_restarts.is_some());
+    assert_eq!(template_hash().await, None);
+
+    // The denial goes: the restart happens without any further vault change.
+    for kind in [
+        "validatingadmissionpolicybinding",
+        "validatingadmissionpolicy",
+    ] {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .args(["delete", kind, POLICY])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let t0 = Instant::now();
+    let hash = eventually(
+        "Deployment restarted after the denial went",
+        &b.child,
+        template_hash,
+    )
+    .await;
+    eprintln!("denial removed -> template annotated in {:?}", t0.elapsed());
+    assert_eq!(hash.len(), 64);
+    let st = eventually("pending state cleared", &b.child, || async {
+        let st = status().await;
+        let c = condition(&st, "RestartPending")?;
+        (c.status == "False" && st.pending_restarts.is_none()).then_some(st)
+    })
+    .await;
+    assert_eq!(
+        condition(&st, "RestartPending").unwrap().reason,
+        "Restarted"
+    );
+    assert_eq!(condition(&st, "Ready").unwrap().status, "True");
+    assert_eq!(
+        st.object_version.as_deref(),
+        Some(version.as_str()),
+        "no vault change was needed"
+    );
+    assert!(
+        events().iter().any(|(t, r, n)| t == "Normal"
+            && r == "RolloutTriggered"
+            && n.contains("Deployment web")),
+        "{:?}",
+        events()
+    );
+    // Nothing left to retry: the template keeps its hash, no more patches.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(template_hash().await.as_deref(), Some(hash.as_str()));
+    let log = std::fs::read_to_string(b.child.log_path()).unwrap();
+    assert!(
+        !log.contains("rotated while frozen"),
+        "a secret value in the log"
+    );
+}
