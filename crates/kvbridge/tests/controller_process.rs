@@ -928,7 +928,7 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     std::fs::write(
         &manifests,
         format!(
-            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: app, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: app}}}}]\n"
+            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: app, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: app}}}}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      containers:\n        - name: db\n          image: registry.example/db:1\n          env: [{{name: V, valueFrom: {{secretKeyRef: {{name: app, key: value}}}}}}]\n"
         ),
     )
     .unwrap();
@@ -1066,6 +1066,30 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
         None,
         "the denied patch changed nothing"
     );
+    // The StatefulSet (not denied) was restarted all the same, once.
+    let sts_hash = || async {
+        let d: k8s_openapi::api::apps::v1::StatefulSet =
+            Api::namespaced(client.clone(), NS).get("db").await.ok()?;
+        d.spec?
+            .template
+            .metadata?
+            .annotations?
+            .get("kvbridge.io/secrets-hash")
+            .cloned()
+    };
+    let sts = eventually("StatefulSet restarted", &a.child, sts_hash).await;
+    assert!(
+        !pending.message.contains("StatefulSet"),
+        "{}",
+        pending.message
+    );
+    assert!(
+        events().iter().any(|(t, r, n)| t == "Normal"
+            && r == "RolloutTriggered"
+            && n.contains("StatefulSet db")),
+        "{:?}",
+        events()
+    );
 
     // The leader dies without a word (SIGKILL: no lease release); another replica takes over
     // with nothing but the status to tell it a restart is pending, and keeps retrying.
@@ -1126,7 +1150,7 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     )
     .await;
     eprintln!("denial removed -> template annotated in {:?}", t0.elapsed());
-    assert_eq!(hash.len(), 64);
+    assert_eq!(hash, sts, "one hash for the same outputs");
     let st = eventually("pending state cleared", &b.child, || async {
         let st = status().await;
         let c = condition(&st, "RestartPending")?;
@@ -1153,6 +1177,7 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     // Nothing left to retry: the template keeps its hash, no more patches.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(template_hash().await.as_deref(), Some(hash.as_str()));
+    assert_eq!(sts_hash().await.as_deref(), Some(sts.as_str()));
     let log = std::fs::read_to_string(b.child.log_path()).unwrap();
     assert!(
         !log.contains("rotated while frozen"),
