@@ -4,81 +4,19 @@
 //! - vault GETs per 100 identical concurrent mounts of 10 objects (node cache on)
 //! - provider peak RSS (VmHWM) after 100 concurrent mounts of 100 objects
 //!
-//! `cargo bench -p kvbridge-provider` (builds `kvbridge` in release first).
+//! `cargo bench -p kvbridge-provider` (builds `kvbridge` in release first, unless `KVBRIDGE_BIN`
+//! names a release binary).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn kvbridge_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = profile_dir.join("kvbridge");
-    {
-        // Always (a no-op when fresh): a stale binary would lack the provider.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "kvbridge"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    bin
-}
-
-fn spawn_provider(bin: &Path, socket: &Path, dv: &devvault::Running, cache_ttl: &str) -> Child {
-    Command::new(bin)
-        .args([
-            "provider",
-            "--healthz-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--cache-ttl",
-            cache_ttl,
-            // Measure the provider, not the client-side Key Vault rate limit.
-            "--rate-limit",
-            "0",
-        ])
-        .arg("--endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .arg("--cloud-env-file")
-        .arg(&dv.info.cloud_env_file)
-        .arg("--ca-file")
-        .arg(&dv.info.ca)
-        .env("KVBRIDGE_LOG", "warn")
-        .spawn()
-        .expect("spawn kvbridge provider")
-}
-
-async fn wait_socket(socket: &Path) {
-    for _ in 0..200 {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("provider socket never came up");
-}
-
-fn objects_n(n: usize) -> String {
-    let items: Vec<String> = (0..n)
-        .map(|i| format!("objectName: s-{i}\nobjectType: secret"))
-        .collect();
-    let refs: Vec<&str> = items.iter().map(String::as_str).collect();
-    objects(&refs)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
+use support::*;
 
 fn vm_hwm_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -122,7 +60,14 @@ async fn main() {
         .build()
         .unwrap();
     let socket = dir.path().join("nocache.sock");
-    let mut child = spawn_provider(&bin, &socket, &dv, "0s");
+    let mut child = spawn_provider(
+        &bin,
+        &socket,
+        &dv.info.cloud_env_file,
+        &dv.info.ca,
+        &["--cache-ttl", "0s"],
+        "warn",
+    );
     wait_socket(&socket).await;
     let mut client = connect(&socket).await;
     for (label, latency_ms, rounds) in [
@@ -137,7 +82,7 @@ async fn main() {
         println!("Mount latency, node cache off (every mount reads Key Vault), {label}, {rounds} sequential mounts each:");
         let mut p50s = Vec::new();
         for n in [1usize, 10, 100] {
-            let a = attrs(&objects_n(n), &[]);
+            let a = attrs(&objects_n(n, n), &[]);
             mount(&mut client, request(&a, &sp, "420")).await.unwrap(); // warm: token, connections
             let mut lat = Vec::new();
             for _ in 0..rounds {
@@ -169,7 +114,14 @@ async fn main() {
 
     // 2. + 3. Node cache on (default TTL 30 s).
     let socket = dir.path().join("azure.sock");
-    let mut child = spawn_provider(&bin, &socket, &dv, "30s");
+    let mut child = spawn_provider(
+        &bin,
+        &socket,
+        &dv.info.cloud_env_file,
+        &dv.info.ca,
+        &["--cache-ttl", "30s"],
+        "warn",
+    );
     wait_socket(&socket).await;
     let origin = dv.info.url.clone();
     let total_gets = || {
@@ -182,7 +134,7 @@ async fn main() {
     };
     // Like the CSI driver, one gRPC connection to the provider carries every concurrent Mount.
     async fn burst(socket: &Path, n_mounts: usize, n_objects: usize, sp: &str) -> Duration {
-        let a = attrs(&objects_n(n_objects), &[]);
+        let a = attrs(&objects_n(n_objects, n_objects), &[]);
         let shared = connect(socket).await;
         let t = Instant::now();
         let mut tasks = Vec::new();

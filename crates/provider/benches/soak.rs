@@ -11,6 +11,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -19,88 +20,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use support::*;
 use testenv::vault::DevVaultProcess;
 
-/// `$KVBRIDGE_BIN` when set (a release binary built beforehand), else `cargo build --release`.
-fn kvbridge_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("KVBRIDGE_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().expect("bench path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "kvbridge"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    profile_dir.join("kvbridge")
-}
-
-fn spawn_provider(
-    bin: &Path,
-    socket: &Path,
-    dv: &DevVaultProcess,
-    env_dir: &Path,
-    refusal_delay: &str,
-) -> Child {
-    let _ = std::fs::remove_file(socket);
-    Command::new(bin)
-        .args([
-            "provider",
-            "--healthz-port",
-            "0",
-            "--metrics-port",
-            "0",
+fn spawn(bin: &Path, socket: &Path, dv: &DevVaultProcess, env_dir: &Path, delay: &str) -> Child {
+    let env_dir = env_dir.to_string_lossy();
+    spawn_provider(
+        bin,
+        socket,
+        &dv.cloud_env_file,
+        &dv.ca,
+        &[
             "--cache-ttl",
             "0s",
-            "--rate-limit",
-            "0",
-        ])
-        .arg("--endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .arg("--cloud-env-file")
-        .arg(&dv.cloud_env_file)
-        .arg("--cloud-env-dir")
-        .arg(env_dir)
-        .arg("--ca-file")
-        .arg(&dv.ca)
-        .args(["--refusal-delay", refusal_delay])
-        .env("KVBRIDGE_LOG", "error")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn kvbridge provider")
-}
-
-async fn wait_socket(socket: &Path) {
-    for _ in 0..200 {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("provider socket never came up");
-}
-
-fn objects_n(n: usize) -> String {
-    let items: Vec<String> = (0..n)
-        .map(|i| format!("objectName: s-{}\nobjectType: secret", i % 10))
-        .collect();
-    let refs: Vec<&str> = items.iter().map(String::as_str).collect();
-    objects(&refs)
+            "--cloud-env-dir",
+            &env_dir,
+            "--refusal-delay",
+            delay,
+        ],
+        "error",
+    )
 }
 
 /// A hostile class: label, `objects`, extra parameters.
 type Hostile = (&'static str, String, Vec<(&'static str, String)>);
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
 async fn normal_mounts(socket: &Path, rounds: usize, sp: &str) -> Vec<Duration> {
     let mut client = connect(socket).await;
-    let a = attrs(&objects_n(10), &[]);
+    let a = attrs(&objects_n(10, 10), &[]);
     mount(&mut client, request(&a, sp, "420")).await.unwrap();
     let mut lat = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -138,7 +85,7 @@ fn parser_figures() {
         n += 1;
     }
     let nested = format!("array:\n  - |\n    objectName: {}\n", "[".repeat(200_000));
-    let huge: String = objects_n(80_000);
+    let huge: String = objects_n(80_000, 10);
     println!("Class parser on the largest inputs (median of 9 runs):");
     for (label, text) in [
         (
@@ -277,20 +224,20 @@ fn hostile_classes() -> Vec<Hostile> {
             ),
             vec![],
         ),
-        ("80,000 objects", objects_n(80_000), vec![]),
+        ("80,000 objects", objects_n(80_000, 10), vec![]),
         (
             "FIFO cloudEnvFileName",
-            objects_n(1),
+            objects_n(1, 10),
             vec![("cloudEnvFileName", "fifo".into())],
         ),
         (
             "3.3 MiB class (read, then refused)",
-            objects_n(1),
+            objects_n(1, 10),
             vec![("padding", "p".repeat(3300 * 1024))],
         ),
         (
             "1.9 MiB class (read, JSON parsed, refused)",
-            objects_n(1),
+            objects_n(1, 10),
             vec![("padding", "p".repeat(1900 * 1024))],
         ),
         (
@@ -438,7 +385,7 @@ fn main() {
         ("refusal delay 250ms (the default)", "250ms"),
         ("refusal delay off", "0s"),
     ] {
-        let mut child = spawn_provider(&bin, &socket, &dv, &env_dir, refusal_delay);
+        let mut child = spawn(&bin, &socket, &dv, &env_dir, refusal_delay);
         rt.block_on(wait_socket(&socket));
         println!("Provider with {provider_label}:");
         for (label, latency_ms, rounds) in [

@@ -87,14 +87,7 @@ async fn version_health_and_metrics() {
         request(&missing, &sp_secrets("app", "app-secret"), "420"),
     )
     .await;
-    let m = plain
-        .get(format!("http://{}/metrics", env.metrics_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = env.metrics().await;
     assert!(
         m.contains("kvbridge_grpc_request_duration_seconds_count{method=\"Mount\",code=\"OK\"} 1"),
         "{m}"
