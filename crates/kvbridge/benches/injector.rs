@@ -4,17 +4,17 @@
 //! the webhook in the path). Prints figures; asserts nothing about speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use testenv::vault::DevVaultProcess;
+use testenv::webhook;
 
 const PLACEHOLDERS: usize = 20;
 
@@ -125,31 +125,7 @@ async fn admission(dir: &Path) {
         .unwrap();
     let cert = dir.join("tls.crt");
     let key = dir.join("tls.key");
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=kvbridge-webhook",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(ok.status.success());
+    webhook::openssl_self_signed(&cert, &key, "kvbridge-webhook");
     let mut child = Command::new(bin())
         .args([
             "webhook",
@@ -174,66 +150,28 @@ async fn admission(dir: &Path) {
         .read_line(&mut line)
         .unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let mut config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "kvbridge-bench"},
-        "webhooks": [{"name": "env.kvbridge.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Fail", "timeoutSeconds": 10,
-            "clientConfig": {"url": url},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {"azure-key-vault-env-injection": "enabled"}}}]
-    }))
-    .unwrap();
-    config.webhooks.as_mut().unwrap()[0].client_config.ca_bundle =
-        Some(k8s_openapi::ByteString(std::fs::read(&cert).unwrap()));
-    let _ = configs
-        .delete("kvbridge-bench", &DeleteParams::default())
-        .await;
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
-
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mk = |labels: BTreeMap<&str, &str>| {
-        serde_json::from_value::<Namespace>(
-            json!({"metadata": {"generateName": "bench-", "labels": labels}}),
-        )
-        .unwrap()
-    };
-    let injected = namespaces
-        .create(
-            &PostParams::default(),
-            &mk(BTreeMap::from([(
-                "azure-key-vault-env-injection",
-                "enabled",
-            )])),
-        )
-        .await
-        .unwrap()
-        .metadata
-        .name
-        .unwrap();
-    let plain = namespaces
-        .create(&PostParams::default(), &mk(BTreeMap::new()))
-        .await
-        .unwrap()
-        .metadata
-        .name
-        .unwrap();
-    let akvs: Api<controller::crd::AzureKeyVaultSecret> =
-        Api::namespaced(client.clone(), &injected);
-    akvs.create(
-        &PostParams::default(),
-        &serde_json::from_value(
-            json!({"apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-            "metadata": {"name": "db"},
-            "spec": {"vault": {"name": "kv", "object": {"name": "db", "type": "secret"}}}}),
-        )
-        .unwrap(),
+    webhook::register(
+        &client,
+        "kvbridge-bench",
+        vec![webhook::pod_create(
+            "env.kvbridge.io",
+            &url,
+            Some(std::fs::read(&cert).unwrap()),
+            webhook::labelled(webhook::INJECTION_LABEL, "enabled"),
+        )],
     )
     .await
     .unwrap();
+
+    let injected =
+        webhook::labelled_namespace(&client, "bench-", &[(webhook::INJECTION_LABEL, "enabled")])
+            .await
+            .unwrap();
+    let plain = webhook::labelled_namespace(&client, "bench-", &[])
+        .await
+        .unwrap();
+    let spec = json!({"vault": {"name": "kv", "object": {"name": "db", "type": "secret"}}});
+    webhook::akvs(&client, &injected, "db", spec).await.unwrap();
     let pod: Pod = serde_json::from_value(json!({"metadata": {"generateName": "p-"}, "spec": {"containers": [
         {"name": "app", "image": "app:1", "command": ["app"], "env": [{"name": "DB", "value": "db@azurekeyvault"}]}]}}))
     .unwrap();
@@ -287,6 +225,7 @@ async fn admission(dir: &Path) {
             summary(times)
         );
     }
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let _ = configs
         .delete("kvbridge-bench", &DeleteParams::default())
         .await;

@@ -935,16 +935,12 @@ async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
     assert!(ok, "{out}");
     let other = cp.namespace(&client, "other").await.unwrap();
     for n in [&apps, &other] {
-        let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), n);
-        akvs.create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-                "metadata": {"name": "db"},
-                "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"},
-                    "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
-            }))
-            .unwrap(),
+        testenv::webhook::service_principal_akvs(
+            &client,
+            n,
+            "db",
+            "kvbridge-demo",
+            json!({"name": "db-password", "type": "secret"}),
         )
         .await
         .unwrap();

@@ -7,23 +7,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Container, Pod, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use common::*;
 use testenv::vault::DevVaultProcess;
+use testenv::webhook;
 
 /// Its own namespace label, so that the other webhook tests' configurations never select
 /// these namespaces (and this one never theirs).
@@ -82,94 +76,38 @@ async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
         &["--no-registry-lookup".to_string()],
     );
 
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let config = MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(CONFIG.into()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "trust.kvbridge.io".into(),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            failure_policy: Some("Fail".into()),
-            timeout_seconds: Some(10),
-            client_config: WebhookClientConfig {
-                url: Some(url),
-                ca_bundle: Some(ByteString(std::fs::read(&cert).unwrap())),
-                service: None,
-            },
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec![String::new()]),
-                api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: None,
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(LABEL.into(), "enabled".into())])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
-    };
-    let _ = configs.delete(CONFIG, &DeleteParams::default()).await;
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
+    webhook::register(
+        &client,
+        CONFIG,
+        vec![webhook::pod_create(
+            "trust.kvbridge.io",
+            &url,
+            Some(std::fs::read(&cert).unwrap()),
+            webhook::labelled(LABEL, "enabled"),
+        )],
+    )
+    .await
+    .unwrap();
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"generateName": "trust-",
-                "labels": {LABEL: "enabled", "kvbridge.test/testenv": "true"}}}))
-            .unwrap(),
-        )
+    let ns = webhook::labelled_namespace(
+        &client,
+        "trust-",
+        &[(LABEL, "enabled"), ("kvbridge.test/testenv", "true")],
+    )
+    .await
+    .unwrap();
+    webhook::service_principal_secret(&client, &ns)
         .await
-        .unwrap()
-        .metadata
-        .name
         .unwrap();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "creds"},
-                "stringData": {"clientid": "kvbridge-dev", "clientsecret": "kvbridge-dev-secret"}}))
-            .unwrap(),
-        )
+    let corp_root = json!({"name": "corp-root", "type": "certificate"});
+    webhook::service_principal_akvs(&client, &ns, "corp-ca", "trust-demo", corp_root)
         .await
         .unwrap();
-    let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), &ns);
-    let a = serde_json::from_value(json!({
-        "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-        "metadata": {"name": "corp-ca"},
-        "spec": {"vault": {"name": "trust-demo", "object": {"name": "corp-root", "type": "certificate"},
-            "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
-    }))
-    .unwrap();
-    akvs.create(&PostParams::default(), &a).await.unwrap();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let app = pod("app", Some("corp-ca"));
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let t0 = Instant::now();
-    let mutated_dry = loop {
-        let p = pods.create(&dry, &app).await.unwrap();
-        if p.spec.as_ref().unwrap().init_containers.is_some() {
-            break p;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "webhook never called"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mutated_dry = webhook::until_mutated(&pods, &app).await;
     assert!(
         pods.get_opt("app").await.unwrap().is_none(),
         "dry-run stored nothing"
@@ -311,6 +249,7 @@ async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
         .unwrap();
     assert!(plain.spec.unwrap().init_containers.is_none());
 
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     configs
         .delete(CONFIG, &DeleteParams::default())
         .await

@@ -12,20 +12,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use k8s_openapi::ByteString;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use common::*;
 use testenv::registry::{Registry, PASSWORD, USER};
 use testenv::vault::DevVaultProcess;
-
-const INJECTION_LABEL: &str = "azure-key-vault-env-injection";
+use testenv::webhook::{self, INJECTION_LABEL};
 
 fn pod(name: &str, command: Option<Vec<&str>>, env: &[(&str, &str)]) -> Pod {
     serde_json::from_value(json!({
@@ -111,78 +107,30 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
         )])),
         ..Default::default()
     });
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let config = MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some("kvbridge-env-injector".into()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![
-            MutatingWebhook {
-                name: "env.kvbridge.io".into(),
-                admission_review_versions: vec!["v1".into()],
-                side_effects: "None".into(),
-                failure_policy: Some("Fail".into()),
-                timeout_seconds: Some(10),
-                client_config: WebhookClientConfig {
-                    url: Some(url.clone()),
-                    ca_bundle: Some(ByteString(std::fs::read(&cert).unwrap())),
-                    service: None,
-                },
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec![String::new()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["CREATE".into()]),
-                    resources: Some(vec!["pods".into()]),
-                    scope: None,
-                }]),
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        INJECTION_LABEL.into(),
-                        "enabled".into(),
-                    )])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
+    webhook::register(
+        &client,
+        "kvbridge-env-injector",
+        vec![
+            webhook::pod_create(
+                "env.kvbridge.io",
+                &url,
+                Some(std::fs::read(&cert).unwrap()),
+                webhook::labelled(INJECTION_LABEL, "enabled"),
+            ),
             by_label,
-        ]),
-    };
-    let _ = configs
-        .delete("kvbridge-env-injector", &DeleteParams::default())
-        .await;
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
+        ],
+    )
+    .await
+    .unwrap();
 
     // A namespace opted in, with a service principal's Secret and two AzureKeyVaultSecrets.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"generateName": "inject-",
-                "labels": {INJECTION_LABEL: "enabled"}}}))
-            .unwrap(),
-        )
+    let ns = webhook::labelled_namespace(&client, "inject-", &[(INJECTION_LABEL, "enabled")])
         .await
-        .unwrap()
-        .metadata
-        .name
         .unwrap();
     for namespace in [&ns, &other] {
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        secrets
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": "creds"},
-                "stringData": {"clientid": "kvbridge-dev", "clientsecret": "kvbridge-dev-secret"}}))
-                .unwrap(),
-            )
+        webhook::service_principal_secret(&client, namespace)
             .await
             .unwrap();
-        let akvs: Api<controller::crd::AzureKeyVaultSecret> =
-            Api::namespaced(client.clone(), namespace);
         for (name, object) in [
             ("db", json!({"name": "db-password", "type": "secret"})),
             (
@@ -190,14 +138,9 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
                 json!({"name": "app-config", "type": "multi-key-value-secret", "contentType": "application/x-json"}),
             ),
         ] {
-            let a = serde_json::from_value(json!({
-                "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-                "metadata": {"name": name},
-                "spec": {"vault": {"name": "kvbridge-demo", "object": object,
-                    "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
-            }))
-            .unwrap();
-            akvs.create(&PostParams::default(), &a).await.unwrap();
+            webhook::service_principal_akvs(&client, namespace, name, "kvbridge-demo", object)
+                .await
+                .unwrap();
         }
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -213,22 +156,7 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
 
     // The API server picks the configuration up asynchronously: dry-run until it is in effect
     // (dry-run also shows the webhook answers without anything stored).
-    let dry = PostParams {
-        dry_run: true,
-        ..Default::default()
-    };
-    let t0 = Instant::now();
-    let mutated_dry = loop {
-        let p = pods.create(&dry, &app).await.unwrap();
-        if p.spec.as_ref().unwrap().init_containers.is_some() {
-            break p;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "webhook never called"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mutated_dry = webhook::until_mutated(&pods, &app).await;
     assert!(
         pods.get_opt("app").await.unwrap().is_none(),
         "dry-run stored nothing"
@@ -396,6 +324,7 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
         "kvbridge-install"
     );
 
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     configs
         .delete("kvbridge-env-injector", &DeleteParams::default())
         .await
@@ -407,26 +336,29 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
 /// One webhook entry for Pod CREATE at `url`, selecting namespaces by `selector`.
 fn webhook_entry(name: &str, url: &str, cert: &Path, selector: LabelSelector) -> MutatingWebhook {
     MutatingWebhook {
-        name: name.into(),
-        admission_review_versions: vec!["v1".into()],
-        side_effects: "None".into(),
-        failure_policy: Some("Fail".into()),
         timeout_seconds: Some(15),
-        client_config: WebhookClientConfig {
-            url: Some(url.into()),
-            ca_bundle: Some(ByteString(std::fs::read(cert).unwrap())),
-            service: None,
-        },
-        rules: Some(vec![RuleWithOperations {
-            api_groups: Some(vec![String::new()]),
-            api_versions: Some(vec!["v1".into()]),
-            operations: Some(vec!["CREATE".into()]),
-            resources: Some(vec!["pods".into()]),
-            scope: None,
-        }]),
-        namespace_selector: Some(selector),
-        ..Default::default()
+        ..webhook::pod_create(name, url, Some(std::fs::read(cert).unwrap()), selector)
     }
+}
+
+/// Registers the configuration `config` with one entry `entry` (see [`webhook_entry`]) for the
+/// namespace `ns` alone.
+async fn register_for_namespace(
+    client: &kube::Client,
+    config: &str,
+    entry: &str,
+    url: &str,
+    cert: &Path,
+    ns: &str,
+) {
+    let selector = webhook::namespace_named(ns);
+    webhook::register(
+        client,
+        config,
+        vec![webhook_entry(entry, url, cert, selector)],
+    )
+    .await
+    .unwrap();
 }
 
 /// A stored container started as kubelet would (its secretKeyRef variables read from
@@ -545,52 +477,17 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
 
     // A namespace of this test only (the other test's configuration selects the injection
     // label; this one selects the namespace by name).
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"generateName": "registry-"}})).unwrap(),
-        )
+    let ns = webhook::labelled_namespace(&client, "registry-", &[])
         .await
-        .unwrap()
-        .metadata
-        .name
         .unwrap();
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let config_name = format!("kvbridge-env-{ns}");
-    let config = MutatingWebhookConfiguration {
-        metadata: ObjectMeta {
-            name: Some(config_name.clone()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![webhook_entry(
-            "env.kvbridge.io",
-            &url,
-            &cert,
-            LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".into(),
-                    ns.clone(),
-                )])),
-                ..Default::default()
-            },
-        )]),
-    };
-    configs
-        .create(&PostParams::default(), &config)
-        .await
-        .unwrap();
+    register_for_namespace(&client, &config_name, "env.kvbridge.io", &url, &cert, &ns).await;
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "creds"},
-                "stringData": {"clientid": "kvbridge-dev", "clientsecret": "kvbridge-dev-secret"}}))
-            .unwrap(),
-        )
+    webhook::service_principal_secret(&client, &ns)
         .await
         .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let dockerconfig = json!({"auths": {
         host.clone(): {"username": USER, "password": PASSWORD},
         token_registry.host.clone(): {"username": USER, "password": PASSWORD},
@@ -616,32 +513,20 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     )
     .await
     .unwrap();
-    let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), &ns);
+    let db_password = json!({"name": "db-password", "type": "secret"});
     // Workload identity naming neither clientId nor tenantId: the ServiceAccount's annotations.
-    akvs.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-            "metadata": {"name": "wi"},
-            "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"},
-                "identity": {"serviceAccount": {"name": "puller"}}}},
-        }))
-        .unwrap(),
+    webhook::akvs(
+        &client,
+        &ns,
+        "wi",
+        json!({"vault": {"name": "kvbridge-demo", "object": db_password.clone(),
+            "identity": {"serviceAccount": {"name": "puller"}}}}),
     )
     .await
     .unwrap();
-    akvs.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-            "metadata": {"name": "db"},
-            "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"},
-                "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
-        }))
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    webhook::service_principal_akvs(&client, &ns, "db", "kvbridge-demo", db_password)
+        .await
+        .unwrap();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let image_pod = |name: &str, extra: serde_json::Value| -> Pod {
@@ -866,42 +751,17 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     );
     let lenient_ns = cp.namespace(&client, "lenient").await.unwrap();
     let lenient_config = format!("kvbridge-env-{lenient_ns}");
-    configs
-        .create(
-            &PostParams::default(),
-            &MutatingWebhookConfiguration {
-                metadata: ObjectMeta {
-                    name: Some(lenient_config.clone()),
-                    ..Default::default()
-                },
-                webhooks: Some(vec![webhook_entry(
-                    "lenient.env.kvbridge.io",
-                    &lenient_url,
-                    &cert,
-                    LabelSelector {
-                        match_labels: Some(BTreeMap::from([(
-                            "kubernetes.io/metadata.name".into(),
-                            lenient_ns.clone(),
-                        )])),
-                        ..Default::default()
-                    },
-                )]),
-            },
-        )
-        .await
-        .unwrap();
-    let lenient_akvs: Api<controller::crd::AzureKeyVaultSecret> =
-        Api::namespaced(client.clone(), &lenient_ns);
-    lenient_akvs
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-                "metadata": {"name": "db"},
-                "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"}}},
-            }))
-            .unwrap(),
-        )
+    register_for_namespace(
+        &client,
+        &lenient_config,
+        "lenient.env.kvbridge.io",
+        &lenient_url,
+        &cert,
+        &lenient_ns,
+    )
+    .await;
+    let no_identity = json!({"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"}}});
+    webhook::akvs(&client, &lenient_ns, "db", no_identity)
         .await
         .unwrap();
     let lenient_pods: Api<Pod> = Api::namespaced(client.clone(), &lenient_ns);

@@ -19,8 +19,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use common::*;
-
-const INJECTION_LABEL: &str = "azure-key-vault-env-injection";
+use testenv::webhook::{self, INJECTION_LABEL};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -97,21 +96,15 @@ fn pem_count(pem: &str) -> usize {
 
 /// The webhook configuration of the self-managed test: an empty caBundle, reached by URL.
 fn configuration(name: &str, port: u16) -> MutatingWebhookConfiguration {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "webhooks": [{
-            "name": "env.kvbridge.io",
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "timeoutSeconds": 10,
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate")},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                "resources": ["pods"]}],
-            "namespaceSelector": {"matchLabels": {INJECTION_LABEL: "enabled"}},
-        }],
-    }))
-    .unwrap()
+    webhook::configuration(
+        name,
+        vec![webhook::pod_create(
+            "env.kvbridge.io",
+            &format!("https://127.0.0.1:{port}/mutate"),
+            None,
+            webhook::labelled(INJECTION_LABEL, "enabled"),
+        )],
+    )
 }
 
 /// A dry-run Pod create in `pods` naming an AzureKeyVaultSecret placeholder: `Ok` when the
@@ -157,19 +150,10 @@ async fn self_managed_certificate_is_trusted_by_the_api_server_and_rotates() {
         )
         .await
         .unwrap();
-    let akvs: Api<controller::crd::AzureKeyVaultSecret> = Api::namespaced(client.clone(), &apps);
-    akvs.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "apiVersion": "spv.no/v2beta1", "kind": "AzureKeyVaultSecret",
-            "metadata": {"name": "db"},
-            "spec": {"vault": {"name": "kvbridge-demo", "object": {"name": "db-password", "type": "secret"},
-                "identity": {"servicePrincipal": {"secretRef": {"name": "creds"}}}}},
-        }))
-        .unwrap(),
-    )
-    .await
-    .unwrap();
+    let db_password = json!({"name": "db-password", "type": "secret"});
+    webhook::service_principal_akvs(&client, &apps, "db", "kvbridge-demo", db_password)
+        .await
+        .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &apps);
 
     // The configuration exists first, with no caBundle (as the chart installs it).
@@ -307,29 +291,7 @@ async fn self_managed_certificate_is_trusted_by_the_api_server_and_rotates() {
 /// An openssl key pair for 127.0.0.1 with `cn`.
 fn openssl_pair(dir: &Path, cn: &str) -> (Vec<u8>, Vec<u8>) {
     let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args(["-days", "2", "-subj", &format!("/CN={cn}")])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    testenv::webhook::openssl_self_signed(&cert, &key, cn);
     (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap())
 }
 

@@ -15,7 +15,7 @@
 //!
 //! It also starts the dev vault for tests ([`vault::DevVault`] in-process,
 //! [`vault::DevVaultProcess`] as `kvbridge dev-vault`) and signs the JWTs tests need ([`jwt`]) makes certificate chains ([`chain`])
-//! and runs a private image registry ([`registry`]):
+//! runs a private image registry ([`registry`]) and registers admission webhooks ([`webhook`]):
 //! the one test-support crate of the workspace.
 //!
 //! Tests are skipped (with a message on the terminal) only when the binaries are absent **and**
@@ -32,6 +32,7 @@ pub mod process;
 pub mod rbac;
 pub mod registry;
 pub mod vault;
+pub mod webhook;
 
 pub use controlplane::{control_plane, shared, ControlPlane};
 pub use csi::{CsiDriver, CsiDriverOptions, PodRef};
