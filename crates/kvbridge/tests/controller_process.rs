@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
@@ -145,6 +145,12 @@ async fn cluster(ns: &str) -> Option<(&'static testenv::ControlPlane, kube::Clie
     cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
         .await
         .unwrap();
+    ensure_namespace(&client, ns).await;
+    Some((cp, client))
+}
+
+/// Creates the namespace `ns` unless it exists (the API server is shared by the tests).
+async fn ensure_namespace(client: &kube::Client, ns: &str) {
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(ns.into()),
@@ -158,9 +164,22 @@ async fn cluster(ns: &str) -> Option<(&'static testenv::ControlPlane, kube::Clie
     {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("{e}"),
+        Err(e) => panic!("namespace {ns}: {e}"),
     }
-    Some((cp, client))
+}
+
+/// The status (`True`/`False`) of the `Ready` condition of the AzureKeyVaultSecret `name`.
+async fn ready_status(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    let a = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .ok()?;
+    let ready = a
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some(ready.status)
 }
 
 /// A running `kvbridge controller` and its HTTP ports.
@@ -210,6 +229,15 @@ impl Controller {
         }
     }
 
+    /// Waits until /readyz answers 200 with `body` (`ok` or `standby`).
+    async fn until_readyz(&self, what: &str, body: &str) {
+        eventually(what, &self.child, || async {
+            let (ok, got) = self.get("/readyz");
+            (ok && got == body).then_some(())
+        })
+        .await;
+    }
+
     fn get(&self, path: &str) -> (bool, String) {
         let port = if path == "/metrics" {
             self.metrics_port
@@ -220,19 +248,29 @@ impl Controller {
     }
 }
 
-fn apply(cp: &testenv::ControlPlane, file: &Path) {
-    let out = Command::new("kubectl")
+/// Runs kubectl against the control plane with `args`.
+fn kubectl(cp: &testenv::ControlPlane, args: &[&str]) -> std::process::Output {
+    Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(cp.kubeconfig())
-        .args(["apply", "-f"])
-        .arg(file)
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn apply(cp: &testenv::ControlPlane, file: &Path) {
+    let out = kubectl(cp, &["apply", "-f", file.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Writes `manifest` to `path` and applies it with kubectl.
+fn apply_text(cp: &testenv::ControlPlane, path: &Path, manifest: &str) {
+    std::fs::write(path, manifest).unwrap();
+    apply(cp, path);
 }
 
 async fn lease_holder(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
@@ -244,6 +282,101 @@ async fn lease_holder(client: &kube::Client, ns: &str, name: &str) -> Option<Str
         .holder_identity
 }
 
+/// The AzureKeyVaultSecret `app` in `ns`: the vault's `my-secret` into the Secret `app`, key
+/// `value`.
+fn app_akvs(ns: &str) -> String {
+    format!(
+        "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app, namespace: {ns}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: app, dataKey: value}}}}\n"
+    )
+}
+
+/// `kvbridge controller` `name` in `ns` (its Lease there too) with its Event Grid endpoint on a
+/// free port, wanting `token`; returns it and that port.
+fn with_event_grid(
+    cp: &testenv::ControlPlane,
+    vault: &DevVaultProcess,
+    dir: &Path,
+    ns: &str,
+    name: &str,
+    token: &str,
+) -> (Controller, u16) {
+    let [eg_port] = testenv::process::free_ports::<1>().unwrap();
+    let port = eg_port.to_string();
+    let event_grid = ["--event-grid-port", &port, "--event-grid-token", token];
+    let c = Controller::start(cp.kubeconfig(), vault, dir, (ns, ns), name, &event_grid);
+    (c, eg_port)
+}
+
+/// A replica of the controller for the leader-election scenarios: namespace and Lease in `ns`,
+/// lease duration 3 s.
+fn replica(
+    cp: &testenv::ControlPlane,
+    vault: &DevVaultProcess,
+    dir: &Path,
+    ns: &str,
+    name: &str,
+) -> Controller {
+    let lease = ["--lease-duration", "3s"];
+    Controller::start(cp.kubeconfig(), vault, dir, (ns, ns), name, &lease)
+}
+
+/// Waits until the controller `name` holds the Lease `lease` in `ns`.
+async fn until_leader(client: &kube::Client, ns: &str, lease: &str, c: &Controller, name: &str) {
+    eventually(&format!("{name} leads"), &c.child, || async {
+        (lease_holder(client, ns, lease).await.as_deref() == Some(name)).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the key `key` of the Secret `name` in `ns` holds `value`.
+async fn until_value(
+    what: &str,
+    controller: &ChildGuard,
+    (client, ns): (&kube::Client, &str),
+    (name, key): (&str, &str),
+    value: &str,
+) {
+    eventually(what, controller, || async {
+        let s = secret(client, ns, name).await?;
+        (data(&s)[key] == value.as_bytes()).then_some(())
+    })
+    .await;
+}
+
+/// The `kvbridge.io/secrets-hash` annotation of the pod template of the workload `name` in
+/// `ns` (a Deployment, StatefulSet or DaemonSet): `None` while it has none.
+async fn secrets_hash<K>(client: &kube::Client, ns: &str, name: &str) -> Option<String>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
+    let w: K = Api::namespaced(client.clone(), ns).get(name).await.ok()?;
+    let w = serde_json::to_value(w).ok()?;
+    let hash = &w["spec"]["template"]["metadata"]["annotations"]["kvbridge.io/secrets-hash"];
+    hash.as_str().map(str::to_string)
+}
+
+/// Sends SIGTERM and waits (15 s at most) for a successful exit; returns how long it took.
+async fn stopped_by_sigterm(controller: &ChildGuard) -> Duration {
+    sigterm(controller.pid());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = controller.exited() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}: {}", controller.log_tail(20));
+    t0.elapsed()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     let Some((cp, client)) = cluster("akv-test").await else {
@@ -251,29 +384,12 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vault = dev_vault(cp, dir.path());
-    let [eg_port] = testenv::process::free_ports::<1>().unwrap();
     let t_start = Instant::now();
-    let c = Controller::start(
-        cp.kubeconfig(),
-        &vault,
-        dir.path(),
-        ("akv-test", "akv-test"),
-        "controller-a",
-        &[
-            "--event-grid-port",
-            &eg_port.to_string(),
-            "--event-grid-token",
-            "tok",
-        ],
-    );
+    let (c, eg_port) = with_event_grid(cp, &vault, dir.path(), "akv-test", "controller-a", "tok");
     let controller = &c.child;
 
     // Ready once every watch listed.
-    eventually("/readyz 200", controller, || async {
-        let (ok, body) = c.get("/readyz");
-        (ok && body == "ok").then_some(())
-    })
-    .await;
+    c.until_readyz("/readyz 200", "ok").await;
     eprintln!("kvbridge controller ready in {:?}", t_start.elapsed());
     // The Event Grid endpoint answers the subscription handshake (and wants the token).
     let validation = r#"[{"id":"v","eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","data":{"validationCode":"code-123"}}]"#;
@@ -312,26 +428,21 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     // A new vault version reaches the Secret within the 2 s refresh.
     let version = vault.set_secret(VAULT, "my-secret", "rotated value");
     let t0 = Instant::now();
-    eventually("rotated Secret", controller, || async {
-        let s = secret(&client, "akv-test", "my-secret-from-akv").await?;
-        (data(&s)["secret-value"] == b"rotated value").then_some(())
-    })
+    let output = ("my-secret-from-akv", "secret-value");
+    until_value(
+        "rotated Secret",
+        controller,
+        (&client, "akv-test"),
+        output,
+        "rotated value",
+    )
     .await;
     eprintln!("vault version -> Secret updated in {:?}", t0.elapsed());
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args(["-n", "akv-test", "get", "akvs", "secret-sync", "-o", "json"])
-        .output()
-        .unwrap();
+    let get_akvs = ["-n", "akv-test", "get", "akvs", "secret-sync", "-o", "json"];
+    let out = kubectl(cp, &get_akvs);
     let akvs: Value = serde_json::from_slice(&out.stdout).unwrap();
     eventually("status.objectVersion", controller, || async {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(["-n", "akv-test", "get", "akvs", "secret-sync", "-o", "json"])
-            .output()
-            .ok()?;
+        let out = kubectl(cp, &get_akvs);
         let a: Value = serde_json::from_slice(&out.stdout).ok()?;
         (a["status"]["objectVersion"] == version.as_str()).then_some(())
     })
@@ -370,20 +481,8 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
     .await;
 
     // SIGTERM: a clean, prompt exit.
-    sigterm(controller.pid());
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = controller.exited() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}: {}", controller.log_tail(20));
-    eprintln!("SIGTERM -> exit in {:?}", t0.elapsed());
+    let took = stopped_by_sigterm(controller).await;
+    eprintln!("SIGTERM -> exit in {took:?}");
 }
 
 /// Two replicas: one leads (holds the Lease and reconciles), the other stands by (ready, no
@@ -398,47 +497,13 @@ async fn two_replicas_one_leader_and_takeover() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vault = dev_vault(cp, dir.path());
-    let lease = ["--lease-duration", "3s"];
-    let a = Controller::start(
-        cp.kubeconfig(),
-        &vault,
-        dir.path(),
-        (NS, NS),
-        "replica-a",
-        &lease,
-    );
-    eventually("replica-a leads", &a.child, || async {
-        (lease_holder(&client, NS, LEASE).await.as_deref() == Some("replica-a")).then_some(())
-    })
-    .await;
-    eventually("replica-a ready", &a.child, || async {
-        let (ok, body) = a.get("/readyz");
-        (ok && body == "ok").then_some(())
-    })
-    .await;
-    let b = Controller::start(
-        cp.kubeconfig(),
-        &vault,
-        dir.path(),
-        (NS, NS),
-        "replica-b",
-        &lease,
-    );
-    eventually("replica-b on standby", &b.child, || async {
-        let (ok, body) = b.get("/readyz");
-        (ok && body == "standby").then_some(())
-    })
-    .await;
+    let a = replica(cp, &vault, dir.path(), NS, "replica-a");
+    until_leader(&client, NS, LEASE, &a, "replica-a").await;
+    a.until_readyz("replica-a ready", "ok").await;
+    let b = replica(cp, &vault, dir.path(), NS, "replica-b");
+    b.until_readyz("replica-b on standby", "standby").await;
 
-    let akvs = dir.path().join("akvs.yaml");
-    std::fs::write(
-        &akvs,
-        format!(
-            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: app, dataKey: value}}}}\n"
-        ),
-    )
-    .unwrap();
-    apply(cp, &akvs);
+    apply_text(cp, &dir.path().join("akvs.yaml"), &app_akvs(NS));
     let s = eventually("Secret from the leader", &a.child, || {
         secret(&client, NS, "app")
     })
@@ -474,19 +539,20 @@ async fn two_replicas_one_leader_and_takeover() {
     // picks up a new vault version.
     a.child.kill();
     let t0 = Instant::now();
-    eventually("replica-b leads", &b.child, || async {
-        (lease_holder(&client, NS, LEASE).await.as_deref() == Some("replica-b")).then_some(())
-    })
-    .await;
+    until_leader(&client, NS, LEASE, &b, "replica-b").await;
     eprintln!(
         "leader killed -> follower holds the lease after {:?} (lease 3 s)",
         t0.elapsed()
     );
     vault.set_secret(VAULT, "my-secret", "after takeover");
-    eventually("Secret from the new leader", &b.child, || async {
-        let s = secret(&client, NS, "app").await?;
-        (data(&s)["value"] == b"after takeover").then_some(())
-    })
+    let output = ("app", "value");
+    until_value(
+        "Secret from the new leader",
+        &b.child,
+        (&client, NS),
+        output,
+        "after takeover",
+    )
     .await;
     let (_, metrics) = b.get("/metrics");
     assert!(
@@ -495,19 +561,7 @@ async fn two_replicas_one_leader_and_takeover() {
     );
 
     // A clean shutdown releases the lease at once.
-    sigterm(b.child.pid());
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = b.child.exited() {
-            break s;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}: {}", b.child.log_tail(20));
+    stopped_by_sigterm(&b.child).await;
     assert_eq!(lease_holder(&client, NS, LEASE).await, None);
 }
 
@@ -544,21 +598,7 @@ async fn deploy_manifest_rbac_is_sufficient() {
     );
     let chart = dir.path().join("chart.yaml");
     std::fs::write(&chart, &rendered.stdout).unwrap();
-    let system = Namespace {
-        metadata: ObjectMeta {
-            name: Some("kvbridge-system".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &system)
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("namespace kvbridge-system: {e}"),
-    }
+    ensure_namespace(&client, "kvbridge-system").await;
     apply(cp, &chart);
     let req = TokenRequest {
         spec: Some(TokenRequestSpec {
@@ -608,33 +648,18 @@ async fn deploy_manifest_rbac_is_sufficient() {
         .create(&PostParams::default(), &sa)
         .await
         .unwrap();
-    let manifests = dir.path().join("rbac.yaml");
-    std::fs::write(
-        &manifests,
-        format!(
+    apply_text(
+        cp,
+        &dir.path().join("rbac.yaml"),
+        &format!(
             "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: plain, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: plain, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: wi, namespace: {NS}}}\nspec:\n  vault:\n    name: team-vault\n    object: {{name: team-only, type: secret}}\n    identity: {{serviceAccount: {{name: app}}}}\n  output: {{secret: {{name: wi, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: cm, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{configMap: {{name: cm, dataKey: value}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: taken, namespace: {NS}}}\nstringData: {{value: someone else's}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: taken-cm, namespace: {NS}}}\ndata: {{value: someone else's}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: taken, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: taken, dataKey: value}}}}\n---\napiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: taken-cm, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{configMap: {{name: taken-cm, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      containers:\n        - name: db\n          image: registry.example/db:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n      containers:\n        - name: agent\n          image: registry.example/agent:1\n          envFrom: [{{secretRef: {{name: plain}}}}]\n"
         ),
-    )
-    .unwrap();
-    apply(cp, &manifests);
+    );
     for (name, value) in [("plain", "hello from the vault"), ("wi", "team secret")] {
-        eventually(name, &c.child, || async {
-            let s = secret(&client, NS, name).await?;
-            (data(&s)["value"] == value.as_bytes()).then_some(())
-        })
-        .await;
+        until_value(name, &c.child, (&client, NS), (name, "value"), value).await;
     }
     eventually("status Ready", &c.child, || async {
-        let a = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), NS)
-            .get("plain")
-            .await
-            .ok()?;
-        let ready = a
-            .status?
-            .conditions?
-            .into_iter()
-            .find(|c| c.type_ == "Ready")?;
-        (ready.status == "True").then_some(())
+        (ready_status(&client, NS, "plain").await? == "True").then_some(())
     })
     .await;
     let config_map = |want: &'static str| {
@@ -652,16 +677,7 @@ async fn deploy_manifest_rbac_is_sufficient() {
     // Outputs that exist and belong to someone else: refused (after a read), left unchanged.
     for name in ["taken", "taken-cm"] {
         eventually("refused", &c.child, || async {
-            let a = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), NS)
-                .get(name)
-                .await
-                .ok()?;
-            let ready = a
-                .status?
-                .conditions?
-                .into_iter()
-                .find(|c| c.type_ == "Ready")?;
-            (ready.status == "False").then_some(())
+            (ready_status(&client, NS, name).await? == "False").then_some(())
         })
         .await;
     }
@@ -676,38 +692,16 @@ async fn deploy_manifest_rbac_is_sufficient() {
         config_map("rotated for rbac"),
     )
     .await;
-    eventually("Deployment restarted", &c.child, || async {
-        let d: Deployment = Api::namespaced(client.clone(), NS).get("web").await.ok()?;
-        d.spec?
-            .template
-            .metadata?
-            .annotations?
-            .get("kvbridge.io/secrets-hash")
-            .map(|_| ())
+    eventually("Deployment restarted", &c.child, || {
+        secrets_hash::<Deployment>(&client, NS, "web")
     })
     .await;
-    eventually("StatefulSet restarted", &c.child, || async {
-        let d: k8s_openapi::api::apps::v1::StatefulSet =
-            Api::namespaced(client.clone(), NS).get("db").await.ok()?;
-        d.spec?
-            .template
-            .metadata?
-            .annotations?
-            .get("kvbridge.io/secrets-hash")
-            .map(|_| ())
+    eventually("StatefulSet restarted", &c.child, || {
+        secrets_hash::<StatefulSet>(&client, NS, "db")
     })
     .await;
-    eventually("DaemonSet restarted", &c.child, || async {
-        let d: k8s_openapi::api::apps::v1::DaemonSet = Api::namespaced(client.clone(), NS)
-            .get("agent")
-            .await
-            .ok()?;
-        d.spec?
-            .template
-            .metadata?
-            .annotations?
-            .get("kvbridge.io/secrets-hash")
-            .map(|_| ())
+    eventually("DaemonSet restarted", &c.child, || {
+        secrets_hash::<DaemonSet>(&client, NS, "agent")
     })
     .await;
     // Deleted resources: their outputs go (the controller reads the owner, then deletes).
@@ -725,12 +719,7 @@ async fn deploy_manifest_rbac_is_sufficient() {
         (cm.is_none() && secret(&client, NS, "wi").await.is_none()).then_some(())
     })
     .await;
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig())
-        .args(["-n", NS, "get", "events.events.k8s.io", "-o", "json"])
-        .output()
-        .unwrap();
+    let out = kubectl(cp, &["-n", NS, "get", "events.events.k8s.io", "-o", "json"]);
     let events = String::from_utf8_lossy(&out.stdout);
     assert!(events.contains("RolloutTriggered"), "{events}");
     assert_eq!(
@@ -798,26 +787,9 @@ async fn dev_vault_event_grid_events_refresh_long_before_the_interval() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vault = dev_vault(cp, dir.path());
-    let [eg_port] = testenv::process::free_ports::<1>().unwrap();
-    let c = Controller::start(
-        cp.kubeconfig(),
-        &vault,
-        dir.path(),
-        (NS, NS),
-        "controller-eg",
-        &[
-            "--event-grid-port",
-            &eg_port.to_string(),
-            "--event-grid-token",
-            "eg-token",
-        ],
-    );
+    let (c, eg_port) = with_event_grid(cp, &vault, dir.path(), NS, "controller-eg", "eg-token");
     let controller = &c.child;
-    eventually("/readyz 200", controller, || async {
-        let (ok, body) = c.get("/readyz");
-        (ok && body == "ok").then_some(())
-    })
-    .await;
+    c.until_readyz("/readyz 200", "ok").await;
 
     // The subscription: the dev vault runs the Event Grid validation handshake against the
     // controller before accepting it; without the token the controller refuses it.
@@ -856,10 +828,10 @@ async fn dev_vault_event_grid_events_refresh_long_before_the_interval() {
         &admin,
     ]);
 
-    let manifest = dir.path().join("akvs.yaml");
-    std::fs::write(
-        &manifest,
-        format!(
+    apply_text(
+        cp,
+        &dir.path().join("akvs.yaml"),
+        &format!(
             "apiVersion: spv.no/v2beta1
 kind: AzureKeyVaultSecret
 metadata: {{name: hourly, namespace: {NS}}}
@@ -869,9 +841,7 @@ spec:
   output: {{secret: {{name: hourly, dataKey: value}}}}
 "
         ),
-    )
-    .unwrap();
-    apply(cp, &manifest);
+    );
     eventually("Secret hourly", controller, || {
         secret(&client, NS, "hourly")
     })
@@ -880,10 +850,14 @@ spec:
     // A new version: the dev vault's event, not the hourly refresh, brings it.
     vault.set_secret(VAULT, "my-secret", "new version via Event Grid");
     let t0 = Instant::now();
-    eventually("Secret updated by the event", controller, || async {
-        let s = secret(&client, NS, "hourly").await?;
-        (data(&s)["value"] == b"new version via Event Grid").then_some(())
-    })
+    let value = "new version via Event Grid";
+    until_value(
+        "Secret updated by the event",
+        controller,
+        (&client, NS),
+        ("hourly", "value"),
+        value,
+    )
     .await;
     let took = t0.elapsed();
     eprintln!("dev vault new version -> Event Grid -> Secret updated in {took:?} (refresh 1 h)");
@@ -915,24 +889,15 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     };
     let dir = tempfile::tempdir().unwrap();
     let vault = dev_vault(cp, dir.path());
-    let lease = ["--lease-duration", "3s"];
-    let a = Controller::start(
-        cp.kubeconfig(),
-        &vault,
-        dir.path(),
-        (NS, NS),
-        "retry-a",
-        &lease,
-    );
-    let manifests = dir.path().join("app.yaml");
-    std::fs::write(
-        &manifests,
-        format!(
-            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: app, namespace: {NS}}}\nspec:\n  vault: {{name: {VAULT}, object: {{name: my-secret, type: secret}}}}\n  output: {{secret: {{name: app, dataKey: value}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: app}}}}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      containers:\n        - name: db\n          image: registry.example/db:1\n          env: [{{name: V, valueFrom: {{secretKeyRef: {{name: app, key: value}}}}}}]\n"
+    let a = replica(cp, &vault, dir.path(), NS, "retry-a");
+    apply_text(
+        cp,
+        &dir.path().join("app.yaml"),
+        &format!(
+            "{}---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers:\n        - name: web\n          image: registry.example/web:1\n          envFrom: [{{secretRef: {{name: app}}}}]\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: {NS}\n  annotations: {{kvbridge.io/restart-on-rotation: \"true\"}}\nspec:\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      containers:\n        - name: db\n          image: registry.example/db:1\n          env: [{{name: V, valueFrom: {{secretKeyRef: {{name: app, key: value}}}}}}]\n",
+            app_akvs(NS)
         ),
-    )
-    .unwrap();
-    apply(cp, &manifests);
+    );
     let akvs_api = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), NS);
     let status = || async {
         akvs_api
@@ -954,28 +919,18 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
         (condition(&st, "Ready")?.status == "True").then_some(())
     })
     .await;
-    let template_hash = || async {
-        let d: Deployment = Api::namespaced(client.clone(), NS).get("web").await.ok()?;
-        d.spec?
-            .template
-            .metadata?
-            .annotations?
-            .get("kvbridge.io/secrets-hash")
-            .cloned()
-    };
+    let template_hash = || secrets_hash::<Deployment>(&client, NS, "web");
     assert_eq!(template_hash().await, None, "first sync is no rotation");
 
     // Freeze the namespace's Deployments: a ValidatingAdmissionPolicy denying every UPDATE
     // (patches included), bound to this namespace only (the API server is shared).
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
-        format!(
+    apply_text(
+        cp,
+        &dir.path().join("policy.yaml"),
+        &format!(
             "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {POLICY}}}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    resourceRules:\n      - {{apiGroups: [apps], apiVersions: [v1], operations: [UPDATE], resources: [deployments]}}\n  validations:\n    - {{expression: 'false', message: 'deployments are frozen by the test'}}\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {POLICY}}}\nspec:\n  policyName: {POLICY}\n  validationActions: [Deny]\n  matchResources:\n    namespaceSelector:\n      matchLabels: {{kubernetes.io/metadata.name: {NS}}}\n"
         ),
-    )
-    .unwrap();
-    apply(cp, &policy);
+    );
     // The policy takes effect asynchronously: wait until a dry-run patch is denied.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let probe = serde_json::json!({"metadata": {"annotations": {"probe": "x"}}});
@@ -995,10 +950,14 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     .await;
 
     let version = vault.set_secret(VAULT, "my-secret", "rotated while frozen");
-    eventually("Secret rotated", &a.child, || async {
-        let s = secret(&client, NS, "app").await?;
-        (data(&s)["value"] == b"rotated while frozen").then_some(())
-    })
+    let output = ("app", "value");
+    until_value(
+        "Secret rotated",
+        &a.child,
+        (&client, NS),
+        output,
+        "rotated while frozen",
+    )
     .await;
     let t0 = Instant::now();
     let st = eventually("restart pending in the status", &a.child, || async {
@@ -1034,12 +993,7 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     );
     assert_eq!(st.object_version.as_deref(), Some(version.as_str()));
     let events = || {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(["-n", NS, "get", "events.events.k8s.io", "-o", "json"])
-            .output()
-            .unwrap();
+        let out = kubectl(cp, &["-n", NS, "get", "events.events.k8s.io", "-o", "json"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["items"]
             .as_array()
@@ -1067,16 +1021,7 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
         "the denied patch changed nothing"
     );
     // The StatefulSet (not denied) was restarted all the same, once.
-    let sts_hash = || async {
-        let d: k8s_openapi::api::apps::v1::StatefulSet =
-            Api::namespaced(client.clone(), NS).get("db").await.ok()?;
-        d.spec?
-            .template
-            .metadata?
-            .annotations?
-            .get("kvbridge.io/secrets-hash")
-            .cloned()
-    };
+    let sts_hash = || secrets_hash::<StatefulSet>(&client, NS, "db");
     let sts = eventually("StatefulSet restarted", &a.child, sts_hash).await;
     assert!(
         !pending.message.contains("StatefulSet"),
@@ -1094,23 +1039,9 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     // The leader dies without a word (SIGKILL: no lease release); another replica takes over
     // with nothing but the status to tell it a restart is pending, and keeps retrying.
     a.child.kill();
-    let b = Controller::start(
-        cp.kubeconfig(),
-        &vault,
-        dir.path(),
-        (NS, NS),
-        "retry-b",
-        &lease,
-    );
+    let b = replica(cp, &vault, dir.path(), NS, "retry-b");
     let t0 = Instant::now();
-    eventually("retry-b leads", &b.child, || async {
-        (lease_holder(&client, NS, "kvbridge-controller")
-            .await
-            .as_deref()
-            == Some("retry-b"))
-        .then_some(())
-    })
-    .await;
+    until_leader(&client, NS, "kvbridge-controller", &b, "retry-b").await;
     eventually("retry-b retries the restart", &b.child, || async {
         let log = std::fs::read_to_string(b.child.log_path()).ok()?;
         log.contains("restart on rotation failed").then_some(())
@@ -1130,12 +1061,7 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
         "validatingadmissionpolicybinding",
         "validatingadmissionpolicy",
     ] {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(cp.kubeconfig())
-            .args(["delete", kind, POLICY])
-            .output()
-            .unwrap();
+        let out = kubectl(cp, &["delete", kind, POLICY]);
         assert!(
             out.status.success(),
             "{}",
