@@ -206,6 +206,55 @@ fn strings(v: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The workload `kind`/`name` of `all`: the document, its pod spec, its first container and
+/// that container's args.
+fn workload<'a>(
+    all: &'a [Value],
+    kind: &str,
+    name: &str,
+) -> (&'a Value, &'a Value, &'a Value, Vec<String>) {
+    let doc = find(all, kind, name);
+    let pod = &doc["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    (doc, pod, c, strings(&c["args"]))
+}
+
+/// The port of container `c` named `name`.
+fn named_port<'a>(c: &'a Value, name: &Value) -> &'a Value {
+    c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| &p["name"] == name)
+        .unwrap()
+}
+
+/// The memory request and limit of container `c`, in MiB (`<n>Mi`).
+fn memory_mib(c: &Value) -> (f64, f64) {
+    let mib = |q: &Value| -> f64 { q.as_str().unwrap().trim_end_matches("Mi").parse().unwrap() };
+    let resources = &c["resources"];
+    (
+        mib(&resources["requests"]["memory"]),
+        mib(&resources["limits"]["memory"]),
+    )
+}
+
+/// Every flag of `args` (after the subcommand) is one `kvbridge <subcommand>` accepts.
+fn assert_flags_accepted(subcommand: &str, args: &[String]) {
+    let help = Command::new(kvbridge())
+        .args([subcommand, "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "{flag} is not a `kvbridge {subcommand}` flag"
+        );
+    }
+}
+
 #[test]
 fn lint_and_template_pass_for_the_defaults_and_each_component_alone() {
     let Some(helm) = helm() else { return };
@@ -319,14 +368,6 @@ fn healthz_ok(port: u16, child: &mut std::process::Child) -> bool {
     false
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The provider DaemonSet runs `kvbridge provider` with exactly its rendered arguments (only
 /// the container paths and ports moved into a temporary directory / free ports): the process
 /// starts, serves the socket where the driver looks, answers the probes' health port; the
@@ -345,10 +386,7 @@ fn provider_daemonset_runs_the_binary_with_its_arguments() {
         ][..],
     ] {
         let all = render(&helm, sets);
-        let ds = find(&all, "DaemonSet", "r-kvbridge-provider");
-        let spec = &ds["spec"]["template"]["spec"];
-        let c = &spec["containers"][0];
-        let args = strings(&c["args"]);
+        let (_, spec, c, args) = workload(&all, "DaemonSet", "r-kvbridge-provider");
         assert_eq!(args[0], "provider");
 
         // The socket directory is the host path the driver scans, named <provider>.sock.
@@ -384,12 +422,7 @@ fn provider_daemonset_runs_the_binary_with_its_arguments() {
             .parse()
             .unwrap();
         let probe_port = c["livenessProbe"]["httpGet"]["port"].as_str().unwrap();
-        let port = c["ports"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == probe_port)
-            .unwrap();
+        let port = named_port(c, &Value::from(probe_port));
         assert_eq!(port["containerPort"].as_u64(), Some(u64::from(healthz)));
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/healthz");
 
@@ -398,7 +431,7 @@ fn provider_daemonset_runs_the_binary_with_its_arguments() {
         let tmp = tempfile::tempdir().unwrap();
         let cloud_dir = tmp.path().join("etc-kubernetes");
         std::fs::create_dir(&cloud_dir).unwrap();
-        let (hz, metrics) = (free_port(), free_port());
+        let [hz, metrics] = testenv::process::free_ports::<2>().unwrap();
         let run_args: Vec<String> = args
             .iter()
             .map(|a| {
@@ -436,14 +469,11 @@ fn provider_daemonset_runs_the_binary_with_its_arguments() {
         assert!(tmp.path().join("azure.sock").exists(), "socket created");
 
         // Sized from the benchmark: 17.3 MiB peak under 100 concurrent 100-object mounts.
-        let mib = |q: &Value| -> f64 {
-            let q = q.as_str().unwrap();
-            let n: f64 = q.trim_end_matches("Mi").parse().unwrap();
+        let (req, lim) = memory_mib(c);
+        for q in ["requests", "limits"] {
+            let q = c["resources"][q]["memory"].as_str().unwrap();
             assert!(q.ends_with("Mi"), "{q}");
-            n
-        };
-        let req = mib(&c["resources"]["requests"]["memory"]);
-        let lim = mib(&c["resources"]["limits"]["memory"]);
+        }
         assert!(
             req >= 20.0 && lim >= 2.0 * req,
             "request {req} Mi, limit {lim} Mi"
@@ -471,10 +501,7 @@ fn flexvolume_installer_installs_a_driver_kubelet_can_call() {
             "flexvolume.pluginDir=/etc/kubernetes/volumeplugins",
         ],
     );
-    let ds = find(&all, "DaemonSet", "r-kvbridge-flexvolume");
-    let spec = &ds["spec"]["template"]["spec"];
-    let c = &spec["containers"][0];
-    let args = strings(&c["args"]);
+    let (_, spec, c, args) = workload(&all, "DaemonSet", "r-kvbridge-flexvolume");
     assert_eq!(args, ["flexvolume", "--install=/flexmnt", "--wait"]);
     assert_eq!(c["volumeMounts"][0]["mountPath"], "/flexmnt");
     assert_eq!(
@@ -538,6 +565,18 @@ fn flexvolume_installer_installs_a_driver_kubelet_can_call() {
     assert_eq!(unsupported["status"], "Not supported");
 }
 
+/// `kubectl apply --server-side` of `yaml` (field manager `helm-chart-test`).
+fn server_side_apply(kubeconfig: &Path, yaml: &str) -> (bool, String) {
+    let apply = [
+        "apply",
+        "--server-side",
+        "--field-manager=helm-chart-test",
+        "-f",
+        "-",
+    ];
+    kubectl(kubeconfig, &apply, Some(yaml))
+}
+
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
@@ -592,17 +631,7 @@ async fn rendered_manifests_are_accepted_by_the_real_api_server() {
         let yaml = template(&helm, &release, &ns, sets).unwrap();
         let n = docs(&yaml).len();
         for round in 0..2 {
-            let (ok, out) = kubectl(
-                cp.kubeconfig(),
-                &[
-                    "apply",
-                    "--server-side",
-                    "--field-manager=helm-chart-test",
-                    "-f",
-                    "-",
-                ],
-                Some(&yaml),
-            );
+            let (ok, out) = server_side_apply(cp.kubeconfig(), &yaml);
             assert!(ok, "{name}: kubectl apply --server-side: {out}");
             let lines: Vec<&str> = out.lines().collect();
             assert_eq!(lines.len(), n, "{name}: one line per object: {out}");
@@ -660,24 +689,11 @@ fn controller_deployment_matches_the_cli() {
             "controller.syncSecretProviderClasses=true",
         ],
     );
-    let d = find(&all, "Deployment", "r-kvbridge-controller");
+    let (d, pod, c, args) = workload(&all, "Deployment", "r-kvbridge-controller");
     assert_eq!(d["spec"]["replicas"].as_u64(), Some(2));
-    let c = &d["spec"]["template"]["spec"]["containers"][0];
-    let args = strings(&c["args"]);
     assert_eq!(args[0], "controller");
     assert!(args.contains(&"--sync-secret-provider-classes".to_string()));
-    let help = Command::new(kvbridge())
-        .args(["controller", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8(help.stdout).unwrap();
-    for a in &args[1..] {
-        let flag = a.split('=').next().unwrap();
-        assert!(
-            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
-            "{flag} is not a `kvbridge controller` flag"
-        );
-    }
+    assert_flags_accepted("controller", &args);
     let flag = |name: &str| {
         args.iter()
             .find_map(|a| a.strip_prefix(&format!("{name}=")))
@@ -685,12 +701,7 @@ fn controller_deployment_matches_the_cli() {
             .to_string()
     };
     let port_of = |name: &Value| {
-        c["ports"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|p| &p["name"] == name)
-            .unwrap()["containerPort"]
+        named_port(c, name)["containerPort"]
             .as_u64()
             .unwrap()
             .to_string()
@@ -711,9 +722,7 @@ fn controller_deployment_matches_the_cli() {
         && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"));
     let role = find(&all, "Role", "r-kvbridge-controller-lease");
     assert_eq!(role["metadata"]["namespace"], d["metadata"]["namespace"]);
-    let sa = d["spec"]["template"]["spec"]["serviceAccountName"]
-        .as_str()
-        .unwrap();
+    let sa = pod["serviceAccountName"].as_str().unwrap();
     for binding in [
         find(&all, "RoleBinding", "r-kvbridge-controller-lease"),
         find(&all, "ClusterRoleBinding", "r-kvbridge-controller"),
@@ -725,9 +734,7 @@ fn controller_deployment_matches_the_cli() {
         );
     }
     // Sized from the measured RSS: 91 MiB at 10,000 resources (controller_scale bench).
-    let mib = |q: &Value| -> f64 { q.as_str().unwrap().trim_end_matches("Mi").parse().unwrap() };
-    let req = mib(&c["resources"]["requests"]["memory"]);
-    let lim = mib(&c["resources"]["limits"]["memory"]);
+    let (req, lim) = memory_mib(c);
     assert!(
         req >= 91.0 && lim >= 2.0 * req,
         "request {req} Mi, limit {lim} Mi"
@@ -805,19 +812,9 @@ async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
     )
     .unwrap();
     let all = docs(&yaml);
-    let (ok, out) = kubectl(
-        cp.kubeconfig(),
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager=helm-chart-test",
-            "-f",
-            "-",
-        ],
-        Some(&yaml),
-    );
+    let (ok, out) = server_side_apply(cp.kubeconfig(), &yaml);
     assert!(ok, "{out}");
-    let port = free_port();
+    let [port] = testenv::process::free_ports::<1>().unwrap();
     let url = format!("https://127.0.0.1:{port}/mutate");
     let patch = json!([
         {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
@@ -861,10 +858,10 @@ async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
 
     // The rendered arguments, with the listen address on loopback, the certificate also for
     // 127.0.0.1, short validities (a renewal within the test) and a tenant for the identities.
-    let d = find(&all, "Deployment", name);
-    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    let (d, _, _, rendered) = workload(&all, "Deployment", name);
     assert_eq!(d["spec"]["replicas"].as_u64(), Some(2));
-    let mut args: Vec<String> = strings(&c["args"])
+    let mut args: Vec<String> = rendered
+        .clone()
         .into_iter()
         .filter(|a| {
             !a.starts_with("--listen=")
@@ -873,7 +870,7 @@ async fn webhook_runs_with_the_charts_service_account_and_its_rbac_is_exact() {
                 && !a.starts_with("--cert-check-interval=")
         })
         .collect();
-    assert_eq!(args.len(), strings(&c["args"]).len() - 4, "{args:?}");
+    assert_eq!(args.len(), rendered.len() - 4, "{args:?}");
     args.extend([
         format!("--listen=127.0.0.1:{port}"),
         "--cert-san=127.0.0.1".into(),
@@ -1069,29 +1066,15 @@ fn webhook_with_a_certificate_secret_uses_files_and_less_rbac() {
         ],
     );
     let name = "r-kvbridge-webhook";
-    let d = find(&all, "Deployment", name);
-    let pod = &d["spec"]["template"]["spec"];
-    let c = &pod["containers"][0];
-    let args = strings(&c["args"]);
+    let (_, pod, c, args) = workload(&all, "Deployment", name);
     assert!(args.contains(&"--tls-cert-file=/tls/tls.crt".to_string()));
     assert!(args.contains(&"--tls-key-file=/tls/tls.key".to_string()));
     assert!(args.contains(&"--no-registry-lookup".to_string()));
     assert!(!args
         .iter()
         .any(|a| a.starts_with("--webhook-configuration")));
-    let help = Command::new(kvbridge())
-        .args(["webhook", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8(help.stdout).unwrap();
     assert_eq!(args[0], "webhook");
-    for a in &args[1..] {
-        let flag = a.split('=').next().unwrap();
-        assert!(
-            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
-            "{flag} is not a `kvbridge webhook` flag"
-        );
-    }
+    assert_flags_accepted("webhook", &args);
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "webhook-cert");
     assert_eq!(c["volumeMounts"][0]["mountPath"], "/tls");
     let mwc = find(&all, "MutatingWebhookConfiguration", name);

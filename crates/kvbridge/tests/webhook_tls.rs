@@ -21,14 +21,6 @@ use serde_json::json;
 use common::*;
 use testenv::webhook::{self, INJECTION_LABEL};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts `kvbridge webhook` with `args` and waits for its banner (printed once it serves).
 fn start_webhook(kubeconfig: &Path, port: u16, args: &[String]) -> Killed {
     let mut child = Command::new(bin())
@@ -159,7 +151,7 @@ async fn self_managed_certificate_is_trusted_by_the_api_server_and_rotates() {
     // The configuration exists first, with no caBundle (as the chart installs it).
     let config_name = format!("{own}-injector");
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let port = free_port();
+    let port = testenv::process::free_ports::<1>().unwrap()[0];
     configs
         .create(&PostParams::default(), &configuration(&config_name, port))
         .await
@@ -188,7 +180,7 @@ async fn self_managed_certificate_is_trusted_by_the_api_server_and_rotates() {
         "--cert-check-interval=500ms".into(),
     ]
     .into();
-    let port_b = free_port();
+    let port_b = testenv::process::free_ports::<1>().unwrap()[0];
     let kubeconfig = cp.kubeconfig().to_path_buf();
     let (a, b) = {
         let (k1, k2) = (kubeconfig.clone(), kubeconfig.clone());
@@ -312,7 +304,7 @@ async fn certificate_files_are_reloaded_when_they_change() {
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     replace(&cert, &cert1);
     replace(&key, &key1);
-    let port = free_port();
+    let port = testenv::process::free_ports::<1>().unwrap()[0];
     let _webhook = start_webhook(
         cp.kubeconfig(),
         port,
