@@ -181,19 +181,7 @@ async fn admission(dir: &Path) {
     };
     // Until the API server calls the webhook.
     let injected_pods: Api<Pod> = Api::namespaced(client.clone(), &injected);
-    let t0 = Instant::now();
-    while injected_pods
-        .create(&dry, &pod)
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .init_containers
-        .is_none()
-    {
-        assert!(t0.elapsed() < Duration::from_secs(30));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    webhook::until_mutated(&injected_pods, &pod, "webhook").await;
     let rate = 200.0;
     let n = 1000;
     for (label, ns) in [("without webhook", &plain), ("with webhook", &injected)] {

@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Container, Pod, Secret};
@@ -16,7 +15,6 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use common::*;
-use testenv::vault::DevVaultProcess;
 use testenv::webhook;
 
 /// Its own namespace label, so that the other webhook tests' configurations never select
@@ -49,23 +47,13 @@ fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
-    let Some(cp) = testenv::control_plane().await else {
+    let Some((cp, client)) = cluster().await else {
         return;
     };
-    let client = cp.client().await.expect("client");
-    cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
-        .await
-        .expect("CRDs");
     let dir = tempfile::tempdir().unwrap();
     let seed = dir.path().join("seed.yaml");
     std::fs::write(&seed, include_str!("fixtures/trust-vault.yaml")).unwrap();
-    let vault = DevVaultProcess::start(
-        Path::new(bin()),
-        &dir.path().join("vault"),
-        &seed,
-        &dir.path().join("vault.log"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let vault = dev_vault(dir.path(), &seed);
 
     let (cert, key) = serving_cert(dir.path());
     let (_webhook, url) = start_webhook(
@@ -107,7 +95,7 @@ async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let app = pod("app", Some("corp-ca"));
-    let mutated_dry = webhook::until_mutated(&pods, &app).await;
+    let mutated_dry = webhook::until_mutated(&pods, &app, "webhook").await;
     assert!(
         pods.get_opt("app").await.unwrap().is_none(),
         "dry-run stored nothing"
@@ -140,13 +128,7 @@ async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
             format!("--ca-file={}", vault.ca.display()),
         ]
     );
-    let trust_volume = spec
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == "kvbridge-trust")
-        .unwrap();
+    let trust_volume = volume(spec, "kvbridge-trust");
     assert_eq!(
         trust_volume.empty_dir.as_ref().unwrap().medium.as_deref(),
         Some("Memory")
@@ -190,29 +172,12 @@ async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
     // for the memory volume.
     let out_dir = dir.path().join("trust-volume");
     let creds = secrets.get("creds").await.unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.args(["trust", "--out"])
-        .arg(&out_dir)
-        .args(&command[4..])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for e in builder.env.as_ref().unwrap() {
-        let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => v.clone(),
-            (None, Some(from)) => {
-                let r = from.secret_key_ref.as_ref().unwrap();
-                assert_eq!(r.name, "creds");
-                String::from_utf8(creds.data.as_ref().unwrap()[&r.key].0.clone()).unwrap()
-            }
-            _ => panic!("{e:?}"),
-        };
-        cmd.env(&e.name, value);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let env = builder.env.as_ref().unwrap();
+    let mut cmd = kubelet_command(Path::new(bin()), env, &creds, Some("creds"));
+    succeeded(
+        cmd.args(["trust", "--out"])
+            .arg(&out_dir)
+            .args(&command[4..]),
     );
     let text = std::fs::read_to_string(out_dir.join("ca-certificates.crt")).unwrap();
     let parsed = pki::parse_pem_bundle(&text).unwrap();

@@ -20,7 +20,6 @@ use serde_json::json;
 
 use common::*;
 use testenv::registry::{Registry, PASSWORD, USER};
-use testenv::vault::DevVaultProcess;
 use testenv::webhook::{self, INJECTION_LABEL};
 
 fn pod(name: &str, command: Option<Vec<&str>>, env: &[(&str, &str)]) -> Pod {
@@ -47,21 +46,11 @@ fn api_message(e: kube::Error) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_are_mutated_through_the_api_server_and_run() {
-    let Some(cp) = testenv::control_plane().await else {
+    let Some((cp, client)) = cluster().await else {
         return;
     };
-    let client = cp.client().await.expect("client");
-    cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
-        .await
-        .expect("CRDs");
     let dir = tempfile::tempdir().unwrap();
-    let vault = DevVaultProcess::start(
-        Path::new(bin()),
-        &dir.path().join("vault"),
-        &repo().join("examples/dev-vault.yaml"),
-        &dir.path().join("vault.log"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let vault = dev_vault(dir.path(), &repo().join("examples/dev-vault.yaml"));
 
     // The webhook process.
     let (cert, key) = serving_cert(dir.path());
@@ -156,7 +145,7 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
 
     // The API server picks the configuration up asynchronously: dry-run until it is in effect
     // (dry-run also shows the webhook answers without anything stored).
-    let mutated_dry = webhook::until_mutated(&pods, &app).await;
+    let mutated_dry = webhook::until_mutated(&pods, &app, "webhook").await;
     assert!(
         pods.get_opt("app").await.unwrap().is_none(),
         "dry-run stored nothing"
@@ -192,13 +181,7 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
             script.into()
         ]
     );
-    let volume = spec
-        .volumes
-        .as_ref()
-        .unwrap()
-        .iter()
-        .find(|v| v.name == "kvbridge-bin")
-        .unwrap();
+    let volume = volume(spec, "kvbridge-bin");
     assert_eq!(
         volume.empty_dir.as_ref().unwrap().medium.as_deref(),
         Some("Memory")
@@ -237,28 +220,9 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
     // The stored container, started as kubelet would (secretKeyRef variables read from the
     // Secret), with the copied binary standing in for /kvbridge/kvbridge.
     let creds = secrets.get("creds").await.unwrap();
-    let mut cmd = Command::new(&installed);
-    cmd.args(&command[1..])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for e in c.env.as_ref().unwrap() {
-        let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => v.clone(),
-            (None, Some(from)) => {
-                let r = from.secret_key_ref.as_ref().unwrap();
-                assert_eq!(r.name, "creds");
-                String::from_utf8(creds.data.as_ref().unwrap()[&r.key].0.clone()).unwrap()
-            }
-            _ => panic!("{e:?}"),
-        };
-        cmd.env(&e.name, value);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let container_env = c.env.as_ref().unwrap();
+    let mut cmd = kubelet_command(&installed, container_env, &creds, Some("creds"));
+    let out = succeeded(cmd.args(&command[1..]));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "correct-horse-battery-staple|db.demo.internal|plain"
@@ -366,27 +330,8 @@ async fn register_for_namespace(
 fn run_as_kubelet(c: &k8s_openapi::api::core::v1::Container, secret: &Secret) -> String {
     let command = c.command.clone().unwrap();
     assert_eq!(command[0], "/kvbridge/kvbridge");
-    let mut cmd = Command::new(bin());
-    cmd.args(&command[1..])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    for e in c.env.as_ref().unwrap() {
-        let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => v.clone(),
-            (None, Some(from)) => {
-                let r = from.secret_key_ref.as_ref().unwrap();
-                String::from_utf8(secret.data.as_ref().unwrap()[&r.key].0.clone()).unwrap()
-            }
-            _ => panic!("{e:?}"),
-        };
-        cmd.env(&e.name, value);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = kubelet_command(Path::new(bin()), c.env.as_ref().unwrap(), secret, None);
+    let out = succeeded(cmd.args(&command[1..]));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -395,21 +340,11 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     if testenv::registry::tools().is_none() {
         return;
     }
-    let Some(cp) = testenv::control_plane().await else {
+    let Some((cp, client)) = cluster().await else {
         return;
     };
-    let client = cp.client().await.expect("client");
-    cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
-        .await
-        .expect("CRDs");
     let dir = tempfile::tempdir().unwrap();
-    let vault = DevVaultProcess::start(
-        Path::new(bin()),
-        &dir.path().join("vault"),
-        &repo().join("examples/dev-vault.yaml"),
-        &dir.path().join("vault.log"),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let vault = dev_vault(dir.path(), &repo().join("examples/dev-vault.yaml"));
     let (cert, key) = serving_cert(dir.path());
 
     // The registry (HTTPS, its own CA, htpasswd), and an image pushed to it with the credentials.
@@ -767,22 +702,7 @@ async fn entrypoints_come_from_a_private_registry_with_pull_secrets() {
     let lenient_pods: Api<Pod> = Api::namespaced(client.clone(), &lenient_ns);
     let mut with_command = image_pod("with-command", json!({}));
     with_command.spec.as_mut().unwrap().containers[0].command = Some(vec!["true".into()]);
-    let t0 = Instant::now();
-    while lenient_pods
-        .create(&dry, &with_command)
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .init_containers
-        .is_none()
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "lenient webhook never called"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    webhook::until_mutated(&lenient_pods, &with_command, "lenient webhook").await;
     let p = lenient_pods
         .create(&PostParams::default(), &image_pod("no-secret", json!({})))
         .await

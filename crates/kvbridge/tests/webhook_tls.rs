@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,23 +22,13 @@ use testenv::webhook::{self, INJECTION_LABEL};
 
 /// Starts `kvbridge webhook` with `args` and waits for its banner (printed once it serves).
 fn start_webhook(kubeconfig: &Path, port: u16, args: &[String]) -> Killed {
-    let mut child = Command::new(bin())
-        .args(["webhook", "--image", "kvbridge:test"])
+    let mut cmd = Command::new(bin());
+    cmd.args(["webhook", "--image", "kvbridge:test"])
         .arg(format!("--listen=127.0.0.1:{port}"))
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env_remove("POD_NAMESPACE")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let killed = Killed(child);
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
+        .env("RUST_LOG", "info");
+    let (killed, line) = spawn_webhook(cmd);
     assert!(
         line.starts_with("kvbridge webhook listening on https://"),
         "banner: {line:?}"
@@ -121,13 +110,9 @@ async fn admitted(pods: &Api<Pod>) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_managed_certificate_is_trusted_by_the_api_server_and_rotates() {
-    let Some(cp) = testenv::control_plane().await else {
+    let Some((cp, client)) = cluster().await else {
         return;
     };
-    let client = cp.client().await.expect("client");
-    cp.install_crds(&client, &repo().join("deploy/helm/kvbridge/files/crds"))
-        .await
-        .expect("CRDs");
     let dir = tempfile::tempdir().unwrap();
 
     // The webhook's namespace, and a namespace opted in with an AzureKeyVaultSecret.

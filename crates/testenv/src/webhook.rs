@@ -163,8 +163,8 @@ pub async fn akvs(
 
 /// Dry-run creates `pod` in `pods` until the API server has the webhook in effect (it picks a new
 /// configuration up asynchronously) and the pod comes back mutated (with init containers);
-/// returns the mutated pod. Panics after 30 s ("webhook never called") or on an error.
-pub async fn until_mutated(pods: &Api<Pod>, pod: &Pod) -> Pod {
+/// returns the mutated pod. Panics after 30 s ("`what` never called") or on an error.
+pub async fn until_mutated(pods: &Api<Pod>, pod: &Pod, what: &str) -> Pod {
     let dry = PostParams {
         dry_run: true,
         ..Default::default()
@@ -180,7 +180,7 @@ pub async fn until_mutated(pods: &Api<Pod>, pod: &Pod) -> Pod {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "webhook never called"
+            "{what} never called"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
