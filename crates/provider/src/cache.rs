@@ -244,9 +244,10 @@ fn list_metric(t: ObjectKind) -> &'static str {
 impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
     async fn get(&self, key: &FetchKey) -> Result<Fetched, MountError> {
         let op = Op::Get(key.clone());
+        // The vault request's future is large; boxed on first poll, so the many callers that
+        // only wait for another caller's load (never polling their own) stay small.
         let load = async {
-            self.inner
-                .get(key)
+            Box::pin(self.inner.get(key))
                 .await
                 .map(Value::Fetched)
                 .map_err(|e| CachedError::from_mount(e, &op))
@@ -273,8 +274,7 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
     ) -> Result<Vec<VersionInfo>, MountError> {
         let op = Op::List(object_type, name.to_string());
         let load = async {
-            self.inner
-                .versions(object_type, name)
+            Box::pin(self.inner.versions(object_type, name))
                 .await
                 .map(Value::Versions)
                 .map_err(|e| CachedError::from_mount(e, &op))
