@@ -16,7 +16,7 @@ use render::params::ObjectKind;
 use render::render::{FetchKey, Fetched, RenderError, VersionInfo};
 
 use crate::config::CacheConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome, VaultCall};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Op {
@@ -96,12 +96,12 @@ impl CachedError {
         }
     }
 
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> Outcome {
         match self {
             CachedError::Vault { source, .. } | CachedError::Versions { source, .. } => {
-                crate::error::vault_outcome(source)
+                Outcome::Vault(source.kind())
             }
-            CachedError::Other { .. } => "error",
+            CachedError::Other { .. } => Outcome::Error,
         }
     }
 }
@@ -175,7 +175,7 @@ impl NodeCache {
     async fn run(
         &self,
         key: Key,
-        metric_type: &'static str,
+        call: VaultCall,
         load: impl Future<Output = Result<Value, CachedError>>,
     ) -> Result<Value, CachedError> {
         if let Some(v) = self.entries.get(&key).await {
@@ -194,10 +194,10 @@ impl NodeCache {
                 let start = Instant::now();
                 let r = load.await;
                 let outcome = match &r {
-                    Ok(_) => "success",
+                    Ok(_) => Outcome::Success,
                     Err(e) => e.outcome(),
                 };
-                metrics.observe_keyvault(metric_type, outcome, start.elapsed());
+                metrics.observe_keyvault(call, outcome, start.elapsed());
                 r
             })
             .await;
@@ -233,14 +233,6 @@ fn wrong_value(op: &Op) -> CachedError {
     }
 }
 
-fn list_metric(t: ObjectKind) -> &'static str {
-    match t {
-        ObjectKind::Secret => "secret_versions",
-        ObjectKind::Key => "key_versions",
-        ObjectKind::Certificate => "cert_versions",
-    }
-}
-
 impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
     async fn get(&self, key: &FetchKey) -> Result<Fetched, MountError> {
         let op = Op::Get(key.clone());
@@ -258,7 +250,7 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
         };
         match self
             .cache
-            .run(cache_key, key.object_type.object_type(), load)
+            .run(cache_key, VaultCall::Get(key.object_type), load)
             .await
         {
             Ok(Value::Fetched(f)) => Ok(f),
@@ -285,7 +277,7 @@ impl<S: Source + Send + Sync + 'static> Source for CachedSource<S> {
         };
         match self
             .cache
-            .run(cache_key, list_metric(object_type), load)
+            .run(cache_key, VaultCall::Versions(object_type), load)
             .await
         {
             Ok(Value::Versions(v)) => Ok(v),

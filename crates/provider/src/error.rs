@@ -103,8 +103,3 @@ pub fn vault_code(e: &keyvault::Error) -> Code {
         K::BadResponse => Code::Internal,
     }
 }
-
-/// Metric label for a Key Vault call outcome (a fixed set: [`keyvault::ErrorKind::metric_label`]).
-pub fn vault_outcome(e: &keyvault::Error) -> &'static str {
-    e.kind().metric_label()
-}

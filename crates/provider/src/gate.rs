@@ -29,7 +29,7 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use crate::listener::ConnInfo;
-use crate::metrics::Metrics;
+use crate::metrics::{GrpcMethod, Metrics};
 use crate::service::{MAX_ATTRIBUTES_BYTES, MAX_SECRETS_BYTES};
 
 /// Largest Mount request read: the attributes and secrets at their own limits, plus room for
@@ -238,19 +238,20 @@ where
             let (mut parts, mut body) = req.into_parts();
             // A Mount waiting here is a call in flight: its connection is not idle.
             let _call = parts.extensions.get::<ConnInfo>().map(ConnInfo::call);
-            let (head, ended) =
-                match tokio::time::timeout(PREFIX_TIMEOUT, read_prefix(&mut body)).await {
-                    Ok(read) => read,
-                    Err(_) => {
-                        let status = Status::invalid_argument(format!(
-                            "Mount request: no message within {PREFIX_TIMEOUT:?} of its headers"
-                        ));
-                        config
-                            .metrics
-                            .observe_grpc("Mount", status.code(), start.elapsed());
-                        return Ok(status.into_http());
-                    }
-                };
+            let (head, ended) = match tokio::time::timeout(PREFIX_TIMEOUT, read_prefix(&mut body))
+                .await
+            {
+                Ok(read) => read,
+                Err(_) => {
+                    let status = Status::invalid_argument(format!(
+                        "Mount request: no message within {PREFIX_TIMEOUT:?} of its headers"
+                    ));
+                    config
+                        .metrics
+                        .observe_grpc(GrpcMethod::Mount, status.code(), start.elapsed());
+                    return Ok(status.into_http());
+                }
+            };
             match prefix_len(&head) {
                 Some(len) if len > MAX_REQUEST_SIZE => {
                     let status = Status::invalid_argument(format!(
@@ -262,7 +263,7 @@ where
                     ));
                     config
                         .metrics
-                        .observe_grpc("Mount", status.code(), start.elapsed());
+                        .observe_grpc(GrpcMethod::Mount, status.code(), start.elapsed());
                     tracing::error!(bytes = len, "mount refused: request too large");
                     // The body is dropped unread; the delay bounds how fast one caller can
                     // make the provider refuse.

@@ -12,8 +12,8 @@
 //! - [`gate`]: what a Mount's length prefix decides before its body is read (oversized:
 //!   refused unread; large: one at a time, at a bounded byte rate).
 //! - [`server`]: the unix-socket gRPC server (+ gRPC health), `/healthz` and `/metrics`.
-//! - [`metrics`]: Prometheus text (Key Vault latency by object type and outcome, gRPC latency by
-//!   method and code); no object names or values in labels.
+//! - [`metrics`]: Prometheus text on `prometheus-client` (Key Vault latency by object type and
+//!   outcome, gRPC latency by method and code, cache results); no object names or values in labels.
 //! - [`flexvolume`]: `init` / `mount DIR JSON` / `unmount DIR`.
 
 pub mod authority;

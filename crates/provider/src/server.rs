@@ -153,7 +153,7 @@ pub fn healthz_router(socket: PathBuf) -> axum::Router {
     )
 }
 
-/// `/metrics`: Prometheus text format.
+/// `/metrics`: Prometheus text format 0.0.4 ([`crate::metrics::CONTENT_TYPE`]).
 pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
@@ -163,7 +163,7 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> axum::Router {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
+                        crate::metrics::CONTENT_TYPE,
                     )],
                     metrics.render(),
                 )

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::cache::NodeCache;
 use crate::gate::{refusal_pause, GateConfig, GateLane, Lane};
 use crate::listener::ConnInfo;
-use crate::metrics::Metrics;
+use crate::metrics::{GrpcMethod, Metrics};
 use crate::proto::csi_driver_provider_server::CsiDriverProvider;
 use crate::proto::{self, MountRequest, MountResponse, VersionRequest, VersionResponse};
 use crate::{ProviderConfig, ProviderError, RUNTIME_NAME, RUNTIME_VERSION};
@@ -285,7 +285,7 @@ impl CsiDriverProvider for Grpc {
         };
         self.0
             .metrics
-            .observe_grpc("Version", tonic::Code::Ok, start.elapsed());
+            .observe_grpc(GrpcMethod::Version, tonic::Code::Ok, start.elapsed());
         Ok(Response::new(resp))
     }
 
@@ -305,7 +305,7 @@ impl CsiDriverProvider for Grpc {
             Ok(resp) => {
                 self.0
                     .metrics
-                    .observe_grpc("Mount", tonic::Code::Ok, elapsed);
+                    .observe_grpc(GrpcMethod::Mount, tonic::Code::Ok, elapsed);
                 tracing::info!(
                     objects = resp.object_version.len(),
                     files = resp.files.len(),
@@ -316,7 +316,9 @@ impl CsiDriverProvider for Grpc {
             }
             Err(e) => {
                 let status = e.to_status();
-                self.0.metrics.observe_grpc("Mount", status.code(), elapsed);
+                self.0
+                    .metrics
+                    .observe_grpc(GrpcMethod::Mount, status.code(), elapsed);
                 tracing::error!(code = ?status.code(), error = %status.message(), "mount failed");
                 if status.code() == tonic::Code::InvalidArgument {
                     refusal_pause(self.0.config.refusal_delay).await;
