@@ -88,6 +88,16 @@ async fn version_health_and_metrics() {
     )
     .await;
     let m = env.metrics().await;
+    // The Prometheus text format 0.0.4 (what the hand-rolled exposition served).
+    let served = plain
+        .get(format!("http://{}/metrics", env.metrics_addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        served.headers()[reqwest::header::CONTENT_TYPE],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     assert!(
         m.contains("kvbridge_grpc_request_duration_seconds_count{method=\"Mount\",code=\"OK\"} 1"),
         "{m}"
