@@ -267,6 +267,11 @@ fn condition(
 
 fn failure_of(e: &mount::MountError) -> FetchFailure {
     let (reason, transient) = match e.vault_error() {
+        // The identity provider (Entra ID, IMDS) refused the token or the credential cannot be
+        // used: its HTTP status is not the vault's.
+        Some(
+            v @ (keyvault::Error::Auth { .. } | keyvault::Error::CredentialUnavailable { .. }),
+        ) => ("IdentityUnavailable", v.is_transient()),
         Some(v) => match v.status() {
             Some(401) | Some(403) => ("VaultAccessDenied", false),
             Some(404) => ("VaultObjectNotFound", false),
@@ -277,7 +282,8 @@ fn failure_of(e: &mount::MountError) -> FetchFailure {
     };
     FetchFailure {
         reason,
-        message: e.to_string(),
+        // With its causes: the object alone does not say what failed (no secret in any).
+        message: keyvault::ErrorChain(e).to_string(),
         transient,
     }
 }
