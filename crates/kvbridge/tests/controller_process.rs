@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use serde_json::Value;
-use testenv::vault::{DevVaultProcess, EXAMPLE_CLIENT};
+use testenv::vault::{sum_counters, DevVaultProcess, EXAMPLE_CLIENT};
 use testenv::ChildGuard;
 
 const TENANT: &str = "7a1c3f0e-5d2b-4c8e-9f61-2b3c4d5e6f70";
@@ -55,7 +55,20 @@ vaults:
       - {{name: team-only, value: "team secret"}}
     accessPolicies:
       - {{identity: wi-client, secrets: [get]}}
+  # Each readable by one managed identity only (IMDS: the dev vault's endpoint).
+  - name: mi-vault
+    secrets:
+      - {{name: mi-only, value: "user-assigned secret"}}
+    accessPolicies:
+      - {{identity: mi-user, secrets: [get]}}
+  - name: node-vault
+    secrets:
+      - {{name: node-only, value: "system-assigned secret"}}
+    accessPolicies:
+      - {{identity: mi-node, secrets: [get]}}
 identities:
+  - {{clientId: mi-user, managedIdentity: true}}
+  - {{clientId: mi-node, managedIdentity: true, systemAssigned: true}}
   - {{clientId: controller, secret: controller-secret}}
   - {{clientId: {dev}, secret: {dev_secret}}}
   - clientId: wi-client
@@ -149,6 +162,22 @@ async fn cluster(ns: &str) -> Option<(&'static testenv::ControlPlane, kube::Clie
     Some((cp, client))
 }
 
+/// A scenario's start: [`cluster`] with namespace `ns`, a temporary directory and a
+/// `kvbridge dev-vault` process keeping its files there; `None` = skipped.
+async fn scenario(
+    ns: &str,
+) -> Option<(
+    &'static testenv::ControlPlane,
+    kube::Client,
+    tempfile::TempDir,
+    DevVaultProcess,
+)> {
+    let (cp, client) = cluster(ns).await?;
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dev_vault(cp, dir.path());
+    Some((cp, client, dir, vault))
+}
+
 /// Creates the namespace `ns` unless it exists (the API server is shared by the tests).
 async fn ensure_namespace(client: &kube::Client, ns: &str) {
     let namespace = Namespace {
@@ -168,18 +197,38 @@ async fn ensure_namespace(client: &kube::Client, ns: &str) {
     }
 }
 
-/// The status (`True`/`False`) of the `Ready` condition of the AzureKeyVaultSecret `name`.
-async fn ready_status(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+/// The condition `type_` of the AzureKeyVaultSecret `name` in `ns`, if it has one.
+async fn condition(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<controller::crd::Condition> {
     let a = Api::<controller::crd::AzureKeyVaultSecret>::namespaced(client.clone(), ns)
         .get(name)
         .await
         .ok()?;
-    let ready = a
-        .status?
-        .conditions?
-        .into_iter()
-        .find(|c| c.type_ == "Ready")?;
-    Some(ready.status)
+    a.status?.conditions?.into_iter().find(|c| c.type_ == type_)
+}
+
+/// The status (`True`/`False`) of the `Ready` condition of the AzureKeyVaultSecret `name`.
+async fn ready_status(client: &kube::Client, ns: &str, name: &str) -> Option<String> {
+    Some(condition(client, ns, name, "Ready").await?.status)
+}
+
+/// The events.k8s.io Events in `ns` as (type, reason, note).
+fn events(cp: &testenv::ControlPlane, ns: &str) -> Vec<(String, String, String)> {
+    let out = kubectl(cp, &["-n", ns, "get", "events.events.k8s.io", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let field = |f: &str| e[f].as_str().unwrap_or_default().to_string();
+            (field("type"), field("reason"), field("note"))
+        })
+        .collect()
 }
 
 /// A running `kvbridge controller` and its HTTP ports.
@@ -379,11 +428,9 @@ async fn stopped_by_sigterm(controller: &ChildGuard) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
-    let Some((cp, client)) = cluster("akv-test").await else {
+    let Some((cp, client, dir, vault)) = scenario("akv-test").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let vault = dev_vault(cp, dir.path());
     let t_start = Instant::now();
     let (c, eg_port) = with_event_grid(cp, &vault, dir.path(), "akv-test", "controller-a", "tok");
     let controller = &c.child;
@@ -492,11 +539,9 @@ async fn kvbridge_controller_process_syncs_rotates_serves_health_and_stops() {
 async fn two_replicas_one_leader_and_takeover() {
     const NS: &str = "replicas";
     const LEASE: &str = "kvbridge-controller";
-    let Some((cp, client)) = cluster(NS).await else {
+    let Some((cp, client, dir, vault)) = scenario(NS).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let vault = dev_vault(cp, dir.path());
     let a = replica(cp, &vault, dir.path(), NS, "replica-a");
     until_leader(&client, NS, LEASE, &a, "replica-a").await;
     a.until_readyz("replica-a ready", "ok").await;
@@ -782,11 +827,9 @@ fn sigterm(pid: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_vault_event_grid_events_refresh_long_before_the_interval() {
     const NS: &str = "eventgrid";
-    let Some((cp, client)) = cluster(NS).await else {
+    let Some((cp, client, dir, vault)) = scenario(NS).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let vault = dev_vault(cp, dir.path());
     let (c, eg_port) = with_event_grid(cp, &vault, dir.path(), NS, "controller-eg", "eg-token");
     let controller = &c.child;
     c.until_readyz("/readyz 200", "ok").await;
@@ -884,11 +927,9 @@ spec:
 async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     const NS: &str = "restart-retry";
     const POLICY: &str = "kvbridge-test-freeze-deployments";
-    let Some((cp, client)) = cluster(NS).await else {
+    let Some((cp, client, dir, vault)) = scenario(NS).await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let vault = dev_vault(cp, dir.path());
     let a = replica(cp, &vault, dir.path(), NS, "retry-a");
     apply_text(
         cp,
@@ -992,22 +1033,7 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
         ("True", "Synced")
     );
     assert_eq!(st.object_version.as_deref(), Some(version.as_str()));
-    let events = || {
-        let out = kubectl(cp, &["-n", NS, "get", "events.events.k8s.io", "-o", "json"]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["type"].as_str().unwrap_or_default().to_string(),
-                    e["reason"].as_str().unwrap_or_default().to_string(),
-                    e["note"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
+    let events = || events(cp, NS);
     assert!(
         events().iter().any(|(t, r, n)| t == "Warning"
             && r == "RestartFailed"
@@ -1109,4 +1135,127 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
         !log.contains("rotated while frozen"),
         "a secret value in the log"
     );
+}
+
+/// Per-object managed identity (IMDS; here the dev vault's IMDS-shaped endpoint through
+/// `--imds-endpoint`): `managedIdentity: {clientId}` reads a vault only that user-assigned
+/// identity may read (not the controller's own identity, not the system-assigned one);
+/// `managedIdentity: {}` reads a vault only the system-assigned identity may read; a client id
+/// the endpoint does not know ends with `Ready=False` naming the managed identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_object_managed_identity_user_and_system_assigned() {
+    const NS: &str = "managed-identity";
+    let Some((cp, client, dir, vault)) = scenario(NS).await else {
+        return;
+    };
+    let imds = format!("https://localhost:{}", vault.port);
+    let c = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        (NS, NS),
+        "controller-mi",
+        &["--imds-endpoint", &imds],
+    );
+    let counters = format!("{imds}/admin/counters");
+    let imds_tokens = || {
+        sum_counters(&vault.curl(&[&counters]), |e| {
+            e["operation"] == "ManagedIdentityToken"
+        })
+    };
+    assert_eq!(imds_tokens(), 0);
+    let akvs = |name: &str, (vault, object): (&str, &str), identity: &str| {
+        format!(
+            "apiVersion: spv.no/v2beta1\nkind: AzureKeyVaultSecret\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  vault:\n    name: {vault}\n    object: {{name: {object}, type: secret}}\n    {identity}\n  output: {{secret: {{name: {name}, dataKey: value}}}}\n"
+        )
+    };
+    let user_vault = ("mi-vault", "mi-only");
+    let manifests = [
+        akvs(
+            "user-assigned",
+            user_vault,
+            "identity: {managedIdentity: {clientId: mi-user}}",
+        ),
+        akvs(
+            "system-assigned",
+            ("node-vault", "node-only"),
+            "identity: {managedIdentity: {}}",
+        ),
+        akvs(
+            "unknown-client",
+            user_vault,
+            "identity: {managedIdentity: {clientId: not-on-this-node}}",
+        ),
+        akvs("controller-own", user_vault, ""),
+    ];
+    apply_text(cp, &dir.path().join("mi.yaml"), &manifests.join("---\n"));
+    // The Ready condition of `name` once its status is `want`.
+    let ready = |name: &'static str, want: &'static str| {
+        let client = client.clone();
+        move || {
+            let client = client.clone();
+            async move {
+                let ready = condition(&client, NS, name, "Ready").await?;
+                (ready.status == want).then_some(ready)
+            }
+        }
+    };
+    for (name, value) in [
+        ("user-assigned", "user-assigned secret"),
+        ("system-assigned", "system-assigned secret"),
+    ] {
+        until_value(name, &c.child, (&client, NS), (name, "value"), value).await;
+        let synced = eventually(name, &c.child, ready(name, "True")).await;
+        assert_eq!(synced.reason, "Synced");
+    }
+    // At least one IMDS token per identity (tokens are cached, so not one per refresh).
+    assert!(imds_tokens() >= 2);
+    let own = eventually(
+        "controller-own denied",
+        &c.child,
+        ready("controller-own", "False"),
+    )
+    .await;
+    // The dev vault's 403 names the caller: the controller's own identity.
+    assert!(
+        own.reason == "VaultAccessDenied" && own.message.contains("appid=controller;"),
+        "{}: {}",
+        own.reason,
+        own.message
+    );
+    let unknown = eventually(
+        "unknown-client fails",
+        &c.child,
+        ready("unknown-client", "False"),
+    )
+    .await;
+    eprintln!("unknown client id: {}: {}", unknown.reason, unknown.message);
+    assert!(
+        unknown.reason == "IdentityUnavailable"
+            && unknown
+                .message
+                .contains("managed identity credential (client id not-on-this-node)")
+            && unknown.message.contains("Identity not found"),
+        "{}: {}",
+        unknown.reason,
+        unknown.message
+    );
+    for name in ["unknown-client", "controller-own"] {
+        assert!(secret(&client, NS, name).await.is_none(), "{name}");
+    }
+    let events = events(cp, NS);
+    assert!(
+        events.iter().any(|(t, r, n)| t == "Warning"
+            && r == "IdentityUnavailable"
+            && n.contains("not-on-this-node")),
+        "{events:?}"
+    );
+    let log = std::fs::read_to_string(c.child.log_path()).unwrap();
+    for value in ["user-assigned secret", "system-assigned secret"] {
+        assert!(!log.contains(value), "a secret value in the log");
+        assert!(
+            !events.iter().any(|(_, _, n)| n.contains(value)),
+            "a secret value in an event"
+        );
+    }
 }
