@@ -265,25 +265,42 @@ fn condition(
     }
 }
 
+/// The `Ready=False` reason, retry class and message of a failed vault read. A token the
+/// identity provider refuses (IMDS 400 for an unknown client id, Entra 401 `invalid_client` for a
+/// wrong service-principal secret) is `IdentityUnavailable` like every other failure to get a
+/// token, not transient, and its message starts by saying the credential was refused (a fix in
+/// the identity's configuration, not an outage); 429/5xx/408 from the identity provider are
+/// transient.
 fn failure_of(e: &mount::MountError) -> FetchFailure {
-    let (reason, transient) = match e.vault_error() {
+    // With its causes: the object alone does not say what failed. No layer carries a value:
+    // server messages are sanitized (credential secrets, JWTs redacted) where the error is made.
+    let chain = keyvault::ErrorChain(e).to_string();
+    let (reason, transient, message) = match e.vault_error() {
         // The identity provider (Entra ID, IMDS) refused the token or the credential cannot be
         // used: its HTTP status is not the vault's.
+        Some(v @ keyvault::Error::Auth { .. }) if !v.is_transient() => (
+            "IdentityUnavailable",
+            false,
+            format!("the identity provider refused the credential: {chain}"),
+        ),
         Some(
             v @ (keyvault::Error::Auth { .. } | keyvault::Error::CredentialUnavailable { .. }),
-        ) => ("IdentityUnavailable", v.is_transient()),
+        ) => ("IdentityUnavailable", v.is_transient(), chain),
         Some(v) => match v.status() {
-            Some(401) | Some(403) => ("VaultAccessDenied", false),
-            Some(404) => ("VaultObjectNotFound", false),
-            Some(400) => ("VaultBadRequest", false),
-            _ => ("VaultUnavailable", v.is_transient() || v.status().is_none()),
+            Some(401) | Some(403) => ("VaultAccessDenied", false, chain),
+            Some(404) => ("VaultObjectNotFound", false, chain),
+            Some(400) => ("VaultBadRequest", false, chain),
+            _ => (
+                "VaultUnavailable",
+                v.is_transient() || v.status().is_none(),
+                chain,
+            ),
         },
-        None => ("VaultUnavailable", true),
+        None => ("VaultUnavailable", true, chain),
     };
     FetchFailure {
         reason,
-        // With its causes: the object alone does not say what failed (no secret in any).
-        message: keyvault::ErrorChain(e).to_string(),
+        message,
         transient,
     }
 }
@@ -1093,5 +1110,214 @@ mod tests {
             serde_json::json!({"status": {"secretName": "s",
                 "pendingRestarts": [{"kind": "Secret", "name": "s"}]}})
         );
+    }
+
+    fn vault_err(source: keyvault::Error) -> mount::MountError {
+        mount::MountError::Vault {
+            key: render::render::FetchKey {
+                object_type: keyvault::ObjectKind::Secret,
+                name: "db".into(),
+                version: None,
+            },
+            source,
+        }
+    }
+
+    fn target() -> Box<keyvault::Target> {
+        Box::new(keyvault::Target {
+            vault: "https://v.vault.azure.net".into(),
+            kind: Some(keyvault::ObjectKind::Secret),
+            name: Some("db".into()),
+            version: None,
+            operation: None,
+        })
+    }
+
+    fn http(status: u16, code: &str) -> keyvault::Error {
+        let (target, code, message) = (target(), code.to_string(), format!("{code} text"));
+        match status {
+            404 => keyvault::Error::NotFound {
+                target,
+                status,
+                code,
+                message,
+            },
+            403 => keyvault::Error::Forbidden {
+                target,
+                status,
+                code,
+                message,
+            },
+            401 => keyvault::Error::Unauthorized {
+                target,
+                status,
+                code,
+                message,
+            },
+            429 => keyvault::Error::Throttled {
+                target,
+                status,
+                code,
+                message,
+                attempts: 3,
+                retry_after: None,
+                beyond_deadline: None,
+            },
+            _ => keyvault::Error::Http {
+                target,
+                status,
+                code,
+                message,
+                attempts: 1,
+            },
+        }
+    }
+
+    fn auth(credential: &str, status: u16, code: &str, message: &str) -> keyvault::Error {
+        keyvault::Error::Auth {
+            credential: credential.into(),
+            status,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn failure_of_maps_each_error_kind() {
+        let mi = "managed identity credential (client id x)";
+        let sp = "client secret credential (tenant t, client id app)";
+        let cases: Vec<(keyvault::Error, &str, bool)> = vec![
+            (http(403, "Forbidden"), "VaultAccessDenied", false),
+            (http(401, "Unauthorized"), "VaultAccessDenied", false),
+            (http(404, "SecretNotFound"), "VaultObjectNotFound", false),
+            (http(400, "BadParameter"), "VaultBadRequest", false),
+            (http(429, "Throttled"), "VaultUnavailable", true),
+            (http(500, "InternalError"), "VaultUnavailable", true),
+            (http(503, "ServiceUnavailable"), "VaultUnavailable", true),
+            (http(408, "RequestTimeout"), "VaultUnavailable", true),
+            (http(409, "Conflict"), "VaultUnavailable", false),
+            // Token refusals: the identity provider's status is not the vault's.
+            (
+                auth(mi, 400, "invalid_request", "Identity not found"),
+                "IdentityUnavailable",
+                false,
+            ),
+            (
+                auth(sp, 401, "AADSTS7000215", "Invalid client secret provided."),
+                "IdentityUnavailable",
+                false,
+            ),
+            (
+                auth(sp, 429, "AADSTS50196", "throttled"),
+                "IdentityUnavailable",
+                true,
+            ),
+            (
+                auth(mi, 500, "unknown", "IMDS down"),
+                "IdentityUnavailable",
+                true,
+            ),
+            (
+                auth(mi, 503, "unknown", "busy"),
+                "IdentityUnavailable",
+                true,
+            ),
+            (
+                auth(mi, 408, "timeout", "slow"),
+                "IdentityUnavailable",
+                true,
+            ),
+            (
+                keyvault::Error::CredentialUnavailable {
+                    credential: "workload identity credential".into(),
+                    reason: "token file missing".into(),
+                    source: None,
+                },
+                "IdentityUnavailable",
+                false,
+            ),
+            (
+                keyvault::Error::Transport {
+                    target: target(),
+                    attempts: 3,
+                    last: Some("connection refused".into()),
+                    source: None,
+                },
+                "VaultUnavailable",
+                true,
+            ),
+            (
+                keyvault::Error::Timeout {
+                    target: target(),
+                    deadline: Duration::from_secs(30),
+                    attempts: 2,
+                    last: Some("connection reset".into()),
+                    source: None,
+                },
+                "VaultUnavailable",
+                true,
+            ),
+        ];
+        for (err, reason, transient) in cases {
+            let shown = err.to_string();
+            let f = failure_of(&vault_err(err));
+            assert_eq!((f.reason, f.transient), (reason, transient), "{shown}");
+            // The object and the vault error (its cause) are both in the message.
+            assert!(
+                f.message.contains("secret/db (version latest): ") && f.message.contains(&shown),
+                "{}",
+                f.message
+            );
+        }
+        // Not a vault error: the mount layer was interrupted (retry).
+        let f = failure_of(&mount::MountError::Interrupted("the vault read"));
+        assert_eq!((f.reason, f.transient), ("VaultUnavailable", true));
+        assert_eq!(f.message, "the vault read was interrupted");
+    }
+
+    #[test]
+    fn failure_of_says_a_refused_credential_was_refused() {
+        // A wrong service-principal secret: Entra 401 invalid_client. A configuration error in
+        // the user's Secret, so not transient, and the message says the credential was refused.
+        let sp = "client secret credential (tenant t, client id app)";
+        let f = failure_of(&vault_err(auth(
+            sp,
+            401,
+            "AADSTS7000215",
+            "AADSTS7000215: Invalid client secret provided.",
+        )));
+        assert_eq!((f.reason, f.transient), ("IdentityUnavailable", false));
+        assert_eq!(
+            f.message,
+            "the identity provider refused the credential: secret/db (version latest): \
+             client secret credential (tenant t, client id app): token request failed \
+             (HTTP 401 AADSTS7000215): AADSTS7000215: Invalid client secret provided."
+        );
+        // Throttled or failing identity provider: not "refused".
+        let f = failure_of(&vault_err(auth(sp, 503, "unknown", "busy")));
+        assert!(!f.message.contains("refused"), "{}", f.message);
+    }
+
+    #[test]
+    fn failure_message_has_every_cause_and_is_capped() {
+        // A cause below the vault error (an I/O error) is in the message too.
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let f = failure_of(&vault_err(keyvault::Error::CredentialUnavailable {
+            credential: "workload identity credential".into(),
+            reason: "cannot read the token file".into(),
+            source: Some(Arc::new(io)),
+        }));
+        assert_eq!(
+            f.message,
+            "secret/db (version latest): workload identity credential: unavailable: cannot \
+             read the token file: no such file"
+        );
+        // A long chain is cut at 1024 characters in the condition (multi-byte text included).
+        let long = auth("credential é", 400, "invalid_request", &"é".repeat(3000));
+        let f = failure_of(&vault_err(long));
+        assert!(f.message.chars().count() > 1024);
+        let c = ready(None, false, f.reason, f.message.clone(), Some(1));
+        assert_eq!(c.message.chars().count(), 1024);
+        assert!(f.message.starts_with(&c.message));
     }
 }
