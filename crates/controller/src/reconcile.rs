@@ -585,28 +585,8 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         )
         .await;
     }
-    // Restarts: the outputs rotated now plus those whose restart failed before (from the
-    // status, so a restarted controller or a new leader retries them too).
-    let mut current: Vec<OutputHash> = Vec::new();
-    if let (Some(n), Some(h)) = (&status.secret_name, &status.secret_hash) {
-        current.push(("Secret", n.clone(), h.clone()));
-    }
-    if let (Some(n), Some(h)) = (&status.config_map_name, &status.config_map_hash) {
-        current.push(("ConfigMap", n.clone(), h.clone()));
-    }
-    let pending_before = prev.pending_restarts.clone().unwrap_or_default();
-    let targets = restart_targets(&rotated, &pending_before, &current);
-    if !targets.is_empty() || !pending_before.is_empty() {
-        let failure = if targets.is_empty() {
-            None
-        } else {
-            restart_workloads(akvs, ctx, &targets, &mut calls).await
-        };
-        let newly_failed = record_restart(&mut status, &prev, &targets, failure, generation);
-        if let Some(msg) = newly_failed {
-            publish(ctx, akvs, EventType::Warning, "RestartFailed", msg).await;
-        }
-    }
+    // Restarts: the outputs rotated now plus those whose restart failed before.
+    retry_restarts(akvs, ctx, &prev, &mut status, &rotated, &mut calls).await;
     let restart_pending = status
         .pending_restarts
         .as_ref()
@@ -629,6 +609,42 @@ async fn reconcile_inner(akvs: &AzureKeyVaultSecret, ctx: &Ctx) -> Result<Action
         Ok(Action::requeue(jitter(akvs, refresh)))
     } else {
         Ok(Action::requeue(ctx.failure_backoff(&oref, refresh)))
+    }
+}
+
+/// Restarts the users of the outputs `rotated` now and of those whose restart failed before
+/// (from the status, so a restarted controller or a new leader retries them too), and records
+/// the outcome in `status` (`pendingRestarts`, `RestartPending`, a `RestartFailed` warning when
+/// the failure is new). Needs no vault: the hashes are those of the outputs in `status` (and of
+/// the kvbridge-written objects the watches see).
+async fn retry_restarts(
+    akvs: &AzureKeyVaultSecret,
+    ctx: &Ctx,
+    prev: &AzureKeyVaultSecretStatus,
+    status: &mut AzureKeyVaultSecretStatus,
+    rotated: &[OutputHash],
+    calls: &mut Calls,
+) {
+    let mut current: Vec<OutputHash> = Vec::new();
+    if let (Some(n), Some(h)) = (&status.secret_name, &status.secret_hash) {
+        current.push(("Secret", n.clone(), h.clone()));
+    }
+    if let (Some(n), Some(h)) = (&status.config_map_name, &status.config_map_hash) {
+        current.push(("ConfigMap", n.clone(), h.clone()));
+    }
+    let pending_before = prev.pending_restarts.clone().unwrap_or_default();
+    let targets = restart_targets(rotated, &pending_before, &current);
+    if targets.is_empty() && pending_before.is_empty() {
+        return;
+    }
+    let failure = if targets.is_empty() {
+        None
+    } else {
+        restart_workloads(akvs, ctx, &targets, calls).await
+    };
+    let generation = akvs.metadata.generation;
+    if let Some(msg) = record_restart(status, prev, &targets, failure, generation) {
+        publish(ctx, akvs, EventType::Warning, "RestartFailed", msg).await;
     }
 }
 
@@ -773,7 +789,8 @@ async fn restart_workloads(
 }
 
 /// A failure that leaves the outputs alone: `Ready=False` with `reason`, a warning event,
-/// a retry after a back-off (transient) or the refresh interval.
+/// a retry after a back-off (transient) or the refresh interval. Restarts pending from an
+/// earlier rotation are retried all the same (the outputs they are for are already written).
 #[allow(clippy::too_many_arguments)]
 async fn finish_failed(
     akvs: &AzureKeyVaultSecret,
@@ -799,7 +816,6 @@ async fn finish_failed(
         publish(ctx, akvs, EventType::Warning, reason, message.clone()).await;
     }
     let mut status = prev.clone();
-    // Other conditions (a pending restart) stay as they are.
     set_condition(
         &mut status,
         ready(
@@ -811,11 +827,17 @@ async fn finish_failed(
         ),
     );
     status.observed_generation = akvs.metadata.generation;
+    retry_restarts(akvs, ctx, &prev, &mut status, &[], &mut calls).await;
+    let restart_pending = status
+        .pending_restarts
+        .as_ref()
+        .is_some_and(|p| !p.is_empty());
     let r = write_status(akvs, ctx, &prev, status, &mut calls).await;
     ctx.count(calls);
     r?;
     let backoff = ctx.failure_backoff(&oref, refresh);
-    Ok(Action::requeue(if transient {
+    // A pending restart is retried on the back-off, as after a successful read.
+    Ok(Action::requeue(if transient || restart_pending {
         backoff
     } else {
         refresh.min(backoff.max(Duration::from_secs(60)))

@@ -922,7 +922,8 @@ spec:
 /// (`pendingRestarts`, `RestartPending=True`), a `RestartFailed` warning is published and the
 /// pod template keeps its hash; the leader is SIGKILLed and another replica takes over (it
 /// only has the status to know); once the policy goes, the template gets the new hash without
-/// any further vault change and the pending state is cleared.
+/// any further vault change and the pending state is cleared, even though the vault fails
+/// (503) at that time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     const NS: &str = "restart-retry";
@@ -1065,7 +1066,16 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     // The leader dies without a word (SIGKILL: no lease release); another replica takes over
     // with nothing but the status to tell it a restart is pending, and keeps retrying.
     a.child.kill();
-    let b = replica(cp, &vault, dir.path(), NS, "retry-b");
+    // No vault retries in this one: its reads fail fast once the vault fails (below).
+    let no_retries = ["--lease-duration", "3s", "--max-retries", "0"];
+    let b = Controller::start(
+        cp.kubeconfig(),
+        &vault,
+        dir.path(),
+        (NS, NS),
+        "retry-b",
+        &no_retries,
+    );
     let t0 = Instant::now();
     until_leader(&client, NS, "kvbridge-controller", &b, "retry-b").await;
     eventually("retry-b retries the restart", &b.child, || async {
@@ -1082,7 +1092,14 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
     assert!(st.pending_restarts.is_some());
     assert_eq!(template_hash().await, None);
 
-    // The denial goes: the restart happens without any further vault change.
+    // The vault fails (every data-plane request 503) and then the denial goes: the restart
+    // happens without the vault, while the resource shows the vault failure.
+    vault.set_faults(&serde_json::json!({"rate_503": 1.0}));
+    eventually("Ready=False for the failing vault", &b.child, || async {
+        let c = condition(&status().await, "Ready")?;
+        (c.status == "False" && c.reason == "VaultUnavailable").then_some(())
+    })
+    .await;
     for kind in [
         "validatingadmissionpolicybinding",
         "validatingadmissionpolicy",
@@ -1113,7 +1130,18 @@ async fn failed_restart_on_rotation_is_retried_across_a_new_leader() {
         condition(&st, "RestartPending").unwrap().reason,
         "Restarted"
     );
-    assert_eq!(condition(&st, "Ready").unwrap().status, "True");
+    let ready = condition(&st, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "VaultUnavailable"),
+        "restarted while the vault failed"
+    );
+    vault.set_faults(&serde_json::json!({}));
+    let st = eventually("Ready again once the vault answers", &b.child, || async {
+        let st = status().await;
+        (condition(&st, "Ready")?.status == "True").then_some(st)
+    })
+    .await;
     assert_eq!(
         st.object_version.as_deref(),
         Some(version.as_str()),

@@ -365,6 +365,22 @@ impl DevVaultProcess {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// Sets the dev vault's faults (`PUT /admin/faults`, see docs/dev-vault.md), through curl;
+    /// `{}` turns them off.
+    pub fn set_faults(&self, faults: &Value) {
+        let url = format!("https://localhost:{}/admin/faults", self.port);
+        let body = faults.to_string();
+        self.curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &url,
+        ]);
+    }
+
     /// A Key Vault token for a client-secret service principal, through curl.
     pub fn token(&self, client_id: &str, secret: &str) -> String {
         let id = format!("client_id={client_id}");
