@@ -1155,43 +1155,20 @@ mod tests {
         })
     }
 
+    /// The vault error the client makes of an HTTP `status` answer (the variant by status).
     fn http(status: u16, code: &str) -> keyvault::Error {
         let (target, code, message) = (target(), code.to_string(), format!("{code} text"));
+        macro_rules! answer {
+            ($variant:ident $(, $field:ident: $value:expr)*) => {
+                keyvault::Error::$variant { target, status, code, message $(, $field: $value)* }
+            };
+        }
         match status {
-            404 => keyvault::Error::NotFound {
-                target,
-                status,
-                code,
-                message,
-            },
-            403 => keyvault::Error::Forbidden {
-                target,
-                status,
-                code,
-                message,
-            },
-            401 => keyvault::Error::Unauthorized {
-                target,
-                status,
-                code,
-                message,
-            },
-            429 => keyvault::Error::Throttled {
-                target,
-                status,
-                code,
-                message,
-                attempts: 3,
-                retry_after: None,
-                beyond_deadline: None,
-            },
-            _ => keyvault::Error::Http {
-                target,
-                status,
-                code,
-                message,
-                attempts: 1,
-            },
+            404 => answer!(NotFound),
+            403 => answer!(Forbidden),
+            401 => answer!(Unauthorized),
+            429 => answer!(Throttled, attempts: 3, retry_after: None, beyond_deadline: None),
+            _ => answer!(Http, attempts: 1),
         }
     }
 
@@ -1218,37 +1195,6 @@ mod tests {
             (http(503, "ServiceUnavailable"), "VaultUnavailable", true),
             (http(408, "RequestTimeout"), "VaultUnavailable", true),
             (http(409, "Conflict"), "VaultUnavailable", false),
-            // Token refusals: the identity provider's status is not the vault's.
-            (
-                auth(mi, 400, "invalid_request", "Identity not found"),
-                "IdentityUnavailable",
-                false,
-            ),
-            (
-                auth(sp, 401, "AADSTS7000215", "Invalid client secret provided."),
-                "IdentityUnavailable",
-                false,
-            ),
-            (
-                auth(sp, 429, "AADSTS50196", "throttled"),
-                "IdentityUnavailable",
-                true,
-            ),
-            (
-                auth(mi, 500, "unknown", "IMDS down"),
-                "IdentityUnavailable",
-                true,
-            ),
-            (
-                auth(mi, 503, "unknown", "busy"),
-                "IdentityUnavailable",
-                true,
-            ),
-            (
-                auth(mi, 408, "timeout", "slow"),
-                "IdentityUnavailable",
-                true,
-            ),
             (
                 keyvault::Error::CredentialUnavailable {
                     credential: "workload identity credential".into(),
@@ -1280,6 +1226,20 @@ mod tests {
                 true,
             ),
         ];
+        // Token refusals and failures: the identity provider's status is not the vault's; only
+        // 429/5xx/408 are transient.
+        let mut cases = cases;
+        for (credential, status, code, transient) in [
+            (mi, 400, "invalid_request", false),
+            (sp, 401, "AADSTS7000215", false),
+            (sp, 429, "AADSTS50196", true),
+            (mi, 500, "unknown", true),
+            (mi, 503, "unknown", true),
+            (mi, 408, "timeout", true),
+        ] {
+            let e = auth(credential, status, code, "provider text");
+            cases.push((e, "IdentityUnavailable", transient));
+        }
         for (err, reason, transient) in cases {
             let shown = err.to_string();
             let f = failure_of(&vault_err(err));

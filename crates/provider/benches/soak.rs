@@ -379,7 +379,6 @@ fn main() {
         .unwrap();
 
     let hostile = hostile_classes();
-    let faults = format!("https://localhost:{}/admin/faults", dv.port);
 
     for (provider_label, refusal_delay) in [
         ("refusal delay 250ms (the default)", "250ms"),
@@ -392,16 +391,7 @@ fn main() {
             ("bare loopback", 0u64, 3000usize),
             ("vault latency 20 ms", 20, 100),
         ] {
-            let body = serde_json::json!({ "latency_ms": latency_ms }).to_string();
-            dv.curl(&[
-                "-X",
-                "PUT",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                &body,
-                &faults,
-            ]);
+            dv.set_faults(&serde_json::json!({ "latency_ms": latency_ms }));
             let unloaded = rt.block_on(normal_mounts(&socket, rounds, &sp));
 
             println!("Normal mounts of 10 objects (cache off), {label}, {rounds} sequential:");
