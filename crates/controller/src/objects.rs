@@ -31,7 +31,8 @@ pub struct SlotKey {
 /// A fetch failure, as the controller reports it (no secret material).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchFailure {
-    /// Short condition reason: `VaultUnavailable`, `VaultAccessDenied`, `VaultObjectNotFound`, ...
+    /// Short condition reason: `VaultUnavailable`, `VaultAccessDenied`, `VaultObjectNotFound`,
+    /// `VaultRequestInvalid`, ...
     pub reason: &'static str,
     pub message: String,
     /// Whether retrying can help (throttling, outages) or not (403, 404).

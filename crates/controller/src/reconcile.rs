@@ -270,7 +270,10 @@ fn condition(
 /// wrong service-principal secret) is `IdentityUnavailable` like every other failure to get a
 /// token, not transient, and its message starts by saying the credential was refused (a fix in
 /// the identity's configuration, not an outage); 429/5xx/408 from the identity provider are
-/// transient.
+/// transient. A vault error made before any answer (invalid vault URL, object name or version,
+/// option, or a challenge resource that does not cover the vault's host) is
+/// `VaultRequestInvalid`, not transient, its message saying what to fix; a malformed or oversized
+/// answer from the vault is `VaultUnavailable`, transient.
 fn failure_of(e: &mount::MountError) -> FetchFailure {
     // With its causes: the object alone does not say what failed. No layer carries a value:
     // server messages are sanitized (credential secrets, JWTs redacted) where the error is made.
@@ -286,15 +289,23 @@ fn failure_of(e: &mount::MountError) -> FetchFailure {
         Some(
             v @ (keyvault::Error::Auth { .. } | keyvault::Error::CredentialUnavailable { .. }),
         ) => ("IdentityUnavailable", v.is_transient(), chain),
-        Some(v) => match v.status() {
-            Some(401) | Some(403) => ("VaultAccessDenied", false, chain),
-            Some(404) => ("VaultObjectNotFound", false, chain),
-            Some(400) => ("VaultBadRequest", false, chain),
-            _ => (
-                "VaultUnavailable",
-                v.is_transient() || v.status().is_none(),
-                chain,
+        Some(v) => match (v.status(), v.kind()) {
+            (Some(401) | Some(403), _) => ("VaultAccessDenied", false, chain),
+            (Some(404), _) => ("VaultObjectNotFound", false, chain),
+            (Some(400), _) => ("VaultBadRequest", false, chain),
+            // Made before any answer: the vault URL, a request parameter, the vault's challenge
+            // resource or an option is wrong. Retrying cannot help; something must be fixed.
+            (None, keyvault::ErrorKind::InvalidConfig | keyvault::ErrorKind::InvalidRequest) => (
+                "VaultRequestInvalid",
+                false,
+                format!(
+                    "the vault request cannot be made as configured (fix the resource or the \
+                     controller's settings): {chain}"
+                ),
             ),
+            // A malformed or oversized answer is the vault's fault and may pass.
+            (_, keyvault::ErrorKind::BadResponse) => ("VaultUnavailable", true, chain),
+            _ => ("VaultUnavailable", v.is_transient(), chain),
         },
         None => ("VaultUnavailable", true, chain),
     };
@@ -1255,6 +1266,79 @@ mod tests {
         let f = failure_of(&mount::MountError::Interrupted("the vault read"));
         assert_eq!((f.reason, f.transient), ("VaultUnavailable", true));
         assert_eq!(f.message, "the vault read was interrupted");
+    }
+
+    /// A client that fails before sending anything (no token is ever asked for).
+    fn offline_client() -> keyvault::KeyVaultClient {
+        let credential =
+            keyvault::ClientSecretCredential::new("https://login.invalid", "t", "app", "s");
+        keyvault::KeyVaultClient::new(Arc::new(credential), keyvault::ClientOptions::default())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn failure_of_tells_to_fix_a_request_that_cannot_be_made() {
+        let client = offline_client();
+        let vault = "https://v.vault.azure.net";
+        let get = |url: &'static str, name: &'static str, version: Option<&'static str>| {
+            let client = client.clone();
+            async move { client.get_secret(url, name, version).await.err().unwrap() }
+        };
+        // Made by the client itself, before any request: wrong vault URL, name, version.
+        let mut cases = vec![
+            get("http://v.vault.azure.net", "db", None).await,
+            get(vault, "no_underscores", None).await,
+            get(vault, "db", Some("not/a/version")).await,
+            keyvault::Error::ChallengeResourceMismatch {
+                target: target(),
+                resource: "https://elsewhere.example".into(),
+                host: "v.vault.azure.net".into(),
+            },
+            keyvault::Error::invalid_config("cloud", "unknown cloud 'Mars'"),
+        ];
+        let kinds: Vec<_> = cases.iter().map(|e| e.kind()).collect();
+        use keyvault::ErrorKind::{InvalidConfig, InvalidRequest};
+        let expected = [
+            InvalidConfig,
+            InvalidRequest,
+            InvalidConfig,
+            InvalidConfig,
+            InvalidConfig,
+        ];
+        assert_eq!(kinds, expected, "{cases:?}");
+        for err in cases.drain(..) {
+            let shown = err.to_string();
+            let f = failure_of(&vault_err(err));
+            assert_eq!(
+                (f.reason, f.transient),
+                ("VaultRequestInvalid", false),
+                "{shown}"
+            );
+            assert!(
+                f.message.starts_with(
+                    "the vault request cannot be made as configured (fix the resource or the \
+                     controller's settings): secret/db (version latest): "
+                ) && f.message.ends_with(&shown),
+                "{}",
+                f.message
+            );
+        }
+        // A malformed or oversized answer is the vault's: transient, no "fix" in the message.
+        for err in [
+            keyvault::Error::BadResponse {
+                target: target(),
+                detail: "invalid JSON at line 1 column 2".into(),
+            },
+            keyvault::Error::ResponseTooLarge {
+                target: target(),
+                status: 200,
+                limit: 4 << 20,
+            },
+        ] {
+            let f = failure_of(&vault_err(err));
+            assert_eq!((f.reason, f.transient), ("VaultUnavailable", true));
+            assert!(!f.message.contains("fix"), "{}", f.message);
+        }
     }
 
     #[test]
