@@ -274,7 +274,7 @@ fn condition(
 /// option, or a challenge resource that does not cover the vault's host) is
 /// `VaultRequestInvalid`, not transient, its message saying what to fix; a malformed or oversized
 /// answer from the vault is `VaultUnavailable`, transient.
-fn failure_of(e: &mount::MountError) -> FetchFailure {
+pub(crate) fn failure_of(e: &mount::MountError) -> FetchFailure {
     // With its causes: the object alone does not say what failed. No layer carries a value:
     // server messages are sanitized (credential secrets, JWTs redacted) where the error is made.
     let chain = keyvault::ErrorChain(e).to_string();
@@ -991,7 +991,7 @@ fn record_write(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn out(kind: &'static str, name: &str, hash: &str) -> OutputHash {
@@ -1269,7 +1269,7 @@ mod tests {
     }
 
     /// A client that fails before sending anything (no token is ever asked for).
-    fn offline_client() -> keyvault::KeyVaultClient {
+    pub(crate) fn offline_client() -> keyvault::KeyVaultClient {
         let credential =
             keyvault::ClientSecretCredential::new("https://login.invalid", "t", "app", "s");
         keyvault::KeyVaultClient::new(Arc::new(credential), keyvault::ClientOptions::default())

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::mapping::DesiredSecret;
+use crate::objects::FetchFailure;
 use crate::reconcile::Ctx;
 use crate::write::{self, Outcome, Owner};
 
@@ -74,8 +75,10 @@ pub enum SpcError {
     Spec(String),
     #[error("identity: {0}")]
     Identity(String),
-    #[error("{0}")]
-    Vault(String),
+    /// A vault read or identity failure, with the reason and message an AzureKeyVaultSecret
+    /// gets for the same error (`reconcile::failure_of`, `identity`).
+    #[error("{}", .0.message)]
+    Failed(FetchFailure),
     #[error("writing Secret {name}: {source}")]
     Write {
         name: String,
@@ -89,7 +92,7 @@ impl SpcError {
         match self {
             SpcError::Spec(_) => "InvalidSpec",
             SpcError::Identity(_) => "IdentityUnavailable",
-            SpcError::Vault(_) => "VaultUnavailable",
+            SpcError::Failed(f) => f.reason,
             SpcError::Write { .. } => "KubernetesWriteFailed",
         }
     }
@@ -169,11 +172,10 @@ async fn sync(obj: &DynamicObject, ctx: &Ctx) -> Result<Vec<(String, Outcome)>, 
     // The identity material, as the CSI driver would hand it to the provider for a pod.
     let mut attributes = BTreeMap::from([(ATTR_POD_NAMESPACE.to_string(), ns.clone())]);
     let mut secrets: BTreeMap<String, String> = BTreeMap::new();
-    let fail = |f: crate::objects::FetchFailure| SpcError::Identity(f.message);
     if let Some(sa) = annotation(obj, SA_ANNOTATION) {
         let (token, client_id, _tenant) = crate::identity::sa_token(ctx, &ns, sa)
             .await
-            .map_err(fail)?;
+            .map_err(SpcError::Failed)?;
         let tokens = serde_json::json!({
             WORKLOAD_IDENTITY_AUDIENCE: { "token": token.as_str(), "expirationTimestamp": "" }
         });
@@ -185,7 +187,7 @@ async fn sync(obj: &DynamicObject, ctx: &Ctx) -> Result<Vec<(String, Outcome)>, 
     } else if let Some(name) = annotation(obj, SECRET_ANNOTATION) {
         let data = crate::identity::secret_data(ctx, &ns, name)
             .await
-            .map_err(fail)?;
+            .map_err(SpcError::Failed)?;
         secrets = data
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().to_string()))
@@ -224,15 +226,7 @@ async fn sync(obj: &DynamicObject, ctx: &Ctx) -> Result<Vec<(String, Outcome)>, 
         .client(&identity, &target.cloud)
         .map_err(|e| SpcError::Identity(e.to_string()))?;
     let source = mount::VaultSource::new(client, target.vault_url.clone());
-    let options = RenderOptions {
-        construct_pem_chain: true,
-        write_cert_and_key_in_separate_files: false,
-        default_file_mode: 0o644,
-        system_trust: None,
-    };
-    let rendered = mount::mount_files(&source, &parsed.objects, &options, 8)
-        .await
-        .map_err(|e| SpcError::Vault(e.to_string()))?;
+    let rendered = render_objects(&source, &parsed.objects).await?;
     let desired = desired_secrets(&objects, &rendered.files)?;
 
     let ar = api_resource();
@@ -263,6 +257,23 @@ async fn sync(obj: &DynamicObject, ctx: &Ctx) -> Result<Vec<(String, Outcome)>, 
         done.push((d.name.clone(), outcome));
     }
     Ok(done)
+}
+
+/// The class's objects read and rendered as a mount would; a failure is classified as for an
+/// AzureKeyVaultSecret.
+async fn render_objects(
+    source: &mount::VaultSource,
+    objects: &[render::params::ObjectSpec],
+) -> Result<render::render::Rendered, SpcError> {
+    let options = RenderOptions {
+        construct_pem_chain: true,
+        write_cert_and_key_in_separate_files: false,
+        default_file_mode: 0o644,
+        system_trust: None,
+    };
+    mount::mount_files(source, objects, &options, 8)
+        .await
+        .map_err(|e| SpcError::Failed(crate::reconcile::failure_of(&e)))
 }
 
 async fn publish(ctx: &Ctx, obj: &DynamicObject, type_: EventType, reason: &str, note: String) {
@@ -350,6 +361,25 @@ mod tests {
 
     fn file(path: &str, contents: &str) -> OutFile {
         OutFile::new(path, 0o644, contents.as_bytes().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_vault_failure_has_the_reason_and_message_of_an_akvs() {
+        let objects = "array:\n  - |\n    objectName: db\n    objectType: secret\n";
+        let objects = render::params::parse_objects(objects).unwrap();
+        // A vault URL the client refuses before sending anything.
+        let client = crate::reconcile::tests::offline_client();
+        let source = mount::VaultSource::new(client, "http://v.vault.azure.net");
+        let e = render_objects(&source, &objects).await.unwrap_err();
+        assert_eq!(e.reason(), "VaultRequestInvalid");
+        assert_eq!(
+            e.to_string(),
+            "the vault request cannot be made as configured (fix the resource or the \
+             controller's settings): secret/db (version latest): invalid vault URL \
+             'http://v.vault.azure.net': it must use https (bearer tokens are never sent over \
+             plain HTTP)"
+        );
+        assert!(matches!(&e, SpcError::Failed(f) if !f.transient));
     }
 
     #[test]
