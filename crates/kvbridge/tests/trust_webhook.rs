@@ -55,14 +55,7 @@ async fn annotated_pods_get_the_trust_bundle_through_the_api_server() {
     std::fs::write(&seed, include_str!("fixtures/trust-vault.yaml")).unwrap();
     let vault = dev_vault(dir.path(), &seed);
 
-    let (cert, key) = serving_cert(dir.path());
-    let (_webhook, url) = start_webhook(
-        cp,
-        &vault,
-        &cert,
-        &key,
-        &["--no-registry-lookup".to_string()],
-    );
+    let (_webhook, url, cert) = start_webhook_without_lookup(cp, &vault, dir.path());
 
     webhook::register(
         &client,

@@ -53,14 +53,7 @@ async fn pods_are_mutated_through_the_api_server_and_run() {
     let vault = dev_vault(dir.path(), &repo().join("examples/dev-vault.yaml"));
 
     // The webhook process.
-    let (cert, key) = serving_cert(dir.path());
-    let (_webhook, url) = start_webhook(
-        cp,
-        &vault,
-        &cert,
-        &key,
-        &["--no-registry-lookup".to_string()],
-    );
+    let (_webhook, url, cert) = start_webhook_without_lookup(cp, &vault, dir.path());
 
     // A namespace not opted in (its pods opt in with kvbridge's own label).
     let other = cp.namespace(&client, "noinject").await.unwrap();

@@ -26,6 +26,21 @@ fn one_secret() -> String {
     objects(&["objectName: plain\nobjectType: secret"])
 }
 
+/// A normal one-secret Mount on `client` is answered (within [`BOUND`]) with the secret.
+async fn serves_a_normal_mount(
+    client: &mut provider::proto::csi_driver_provider_client::CsiDriverProviderClient<
+        tonic::transport::Channel,
+    >,
+    sp: &str,
+) {
+    let req = request(&attrs(&one_secret(), &[]), sp, "420");
+    let resp = timeout(BOUND, mount(client, req))
+        .await
+        .expect("normal mount answers")
+        .unwrap();
+    assert_eq!(file(&resp, "plain").contents, b"hello world");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_env_file_name_is_confined_bounded_and_never_blocks() {
     let envs = tempfile::tempdir().unwrap();
@@ -150,12 +165,7 @@ async fn huge_nested_or_typo_objects_are_refused_and_others_keep_being_served() 
         }));
     }
     // A normal mount meanwhile.
-    let req = request(&attrs(&one_secret(), &[]), &sp, "420");
-    let resp = timeout(BOUND, mount(&mut client, req))
-        .await
-        .expect("normal mount answers")
-        .unwrap();
-    assert_eq!(file(&resp, "plain").contents, b"hello world");
+    serves_a_normal_mount(&mut client, &sp).await;
     for c in calls {
         c.await.unwrap();
     }
@@ -195,12 +205,7 @@ async fn oversized_request_is_refused_from_its_length_and_the_connection_keeps_s
         ),
         "{refused}"
     );
-    let req = request(&attrs(&one_secret(), &[]), &sp, "420");
-    let resp = timeout(BOUND, mount(&mut client, req))
-        .await
-        .expect("normal mount answers")
-        .unwrap();
-    assert_eq!(file(&resp, "plain").contents, b"hello world");
+    serves_a_normal_mount(&mut client, &sp).await;
     // Fields over their own limits are refused before any JSON parsing, naming the source.
     let secrets = format!(
         "{{\"clientid\":\"app\",\"clientsecret\":\"{}\"}}",
@@ -269,15 +274,7 @@ async fn large_requests_take_turns_at_a_bounded_rate_and_small_ones_never_wait()
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     // A normal mount meanwhile is served at once, not after the large ones.
-    let mut c = client.clone();
-    let resp = timeout(
-        BOUND,
-        mount(&mut c, request(&attrs(&one_secret(), &[]), &sp, "420")),
-    )
-    .await
-    .expect("normal mount answers")
-    .unwrap();
-    assert_eq!(file(&resp, "plain").contents, b"hello world");
+    serves_a_normal_mount(&mut client.clone(), &sp).await;
     let normal_done = started.elapsed();
     let mut done = Vec::new();
     for t in large {

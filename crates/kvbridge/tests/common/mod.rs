@@ -120,6 +120,24 @@ pub fn serving_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// [`start_webhook`] with a fresh [`serving_cert`] in `dir` and no registry lookup; also
+/// returns the certificate (the caBundle to register).
+pub fn start_webhook_without_lookup(
+    cp: &testenv::ControlPlane,
+    vault: &DevVaultProcess,
+    dir: &Path,
+) -> (Killed, String, PathBuf) {
+    let (cert, key) = serving_cert(dir);
+    let (webhook, url) = start_webhook(
+        cp,
+        vault,
+        &cert,
+        &key,
+        &["--no-registry-lookup".to_string()],
+    );
+    (webhook, url, cert)
+}
+
 /// `kvbridge webhook` on a free loopback port serving `cert`/`key`, reading the API server of
 /// `cp` and giving `kvbridge env` the dev vault's cloud and CA; returns it and its URL (from its
 /// banner).
